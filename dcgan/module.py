@@ -1,0 +1,172 @@
+"""The DCGAN LightningModule: generator and discriminator trained with manual optimization."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from dcgan.errors import UserInputError
+from dcgan.losses import discriminator_loss, generator_loss, instance_noise_std
+from dcgan.networks import Discriminator, Generator
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
+
+
+def _check_unit_interval(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise UserInputError(f"model.{name}={value} must be in [0, 1]")
+
+
+class DCGAN(L.LightningModule):
+    """A DCGAN: ``Generator`` and ``Discriminator`` sized from ``image_size``, trained with the
+    non-saturating loss, one D update per batch and one G update every ``d_steps_per_g`` batches.
+
+    The constructor takes plain values only (saved as hyperparameters), so
+    ``DCGAN.load_from_checkpoint(path)`` rebuilds the networks from the checkpoint alone. The
+    optimizer factories (e.g. ``functools.partial(torch.optim.Adam, lr=2e-4)``) are needed for
+    training only and are not saved.
+
+    Args:
+        image_size, channels: the images, (channels, image_size, image_size).
+        latent_dim: size of the noise vector z ~ N(0, I).
+        g_width, d_width, max_width: base widths of G and D and the cap on any layer's width.
+        g_stem: ``"conv"`` (ConvTranspose from 1x1) or ``"dense"`` (Linear + reshape).
+        d_dropout: dropout after each of D's activations (0 disables).
+        d_steps_per_g: D updates per G update; each D update consumes one batch.
+        real_label, fake_label: D's targets; 0.9 / 0.0 is one-sided label smoothing.
+        instance_noise: initial std of Gaussian noise added to D's inputs (both real and fake),
+            annealed linearly to 0 over ``instance_noise_anneal_steps`` batches (``None``: the
+            whole run).
+        num_fixed_samples: size of the fixed noise batch behind the sample grids.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        channels: int,
+        latent_dim: int,
+        g_width: int,
+        d_width: int,
+        max_width: int,
+        g_stem: str,
+        d_dropout: float,
+        d_steps_per_g: int,
+        real_label: float,
+        fake_label: float,
+        instance_noise: float,
+        instance_noise_anneal_steps: int | None,
+        num_fixed_samples: int,
+        g_optimizer: OptimizerFactory | None = None,
+        d_optimizer: OptimizerFactory | None = None,
+    ) -> None:
+        super().__init__()
+        _check_unit_interval("real_label", real_label)
+        _check_unit_interval("fake_label", fake_label)
+        if not isinstance(d_steps_per_g, int) or d_steps_per_g < 1:
+            raise UserInputError(f"model.d_steps_per_g={d_steps_per_g!r} must be an integer >= 1")
+        if instance_noise < 0:
+            raise UserInputError(f"model.instance_noise={instance_noise} must be >= 0")
+        if instance_noise_anneal_steps is not None and instance_noise_anneal_steps <= 0:
+            raise UserInputError(
+                f"model.instance_noise_anneal_steps={instance_noise_anneal_steps} must be > 0 "
+                f"or null (anneal over the whole run)"
+            )
+        if num_fixed_samples < 1:
+            raise UserInputError(f"model.num_fixed_samples={num_fixed_samples} must be >= 1")
+        self.save_hyperparameters(ignore=["g_optimizer", "d_optimizer"], logger=False)
+        self.automatic_optimization = False
+        self.g_optimizer = g_optimizer
+        self.d_optimizer = d_optimizer
+        self.generator = Generator(image_size, channels, latent_dim, g_width, max_width, g_stem)  # type: ignore[arg-type]
+        self.discriminator = Discriminator(image_size, channels, d_width, max_width, d_dropout)
+        # A buffer, not an attribute: it follows the module to the GPU and lives in the
+        # checkpoint, so grids stay comparable across epochs and across a resume.
+        self.register_buffer("fixed_noise", torch.randn(num_fixed_samples, latent_dim))
+
+    # -- sampling --------------------------------------------------------------------------
+
+    def generate(self, z: Tensor, batch_size: int = 512) -> Tensor:
+        """Latents (N, latent_dim) -> images (N, C, S, S) in [-1, 1], with G in eval mode
+        (BatchNorm running statistics), in batches; restores G's previous mode."""
+        was_training = self.generator.training
+        self.generator.eval()
+        try:
+            with torch.inference_mode():
+                return torch.cat([self.generator(chunk.to(self.device)) for chunk in z.split(batch_size)])
+        finally:
+            self.generator.train(was_training)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.generate(z)
+
+    # -- training --------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> list[Optimizer]:
+        if self.g_optimizer is None or self.d_optimizer is None:
+            raise RuntimeError(
+                "DCGAN was built without optimizer factories (as load_from_checkpoint does); "
+                "pass g_optimizer and d_optimizer to train it"
+            )
+        return [self.g_optimizer(self.generator.parameters()), self.d_optimizer(self.discriminator.parameters())]
+
+    def _noise_anneal_steps(self) -> int:
+        steps = self.hparams.instance_noise_anneal_steps
+        return int(steps if steps is not None else self.trainer.estimated_stepping_batches)
+
+    def current_instance_noise(self, step: int) -> float:
+        if self.hparams.instance_noise <= 0:
+            return 0.0
+        return instance_noise_std(self.hparams.instance_noise, step, self._noise_anneal_steps())
+
+    @staticmethod
+    def _with_noise(x: Tensor, std: float) -> Tensor:
+        return x + std * torch.randn_like(x) if std > 0 else x
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> None:
+        """One D update on ``batch`` (N, C, S, S) in [-1, 1], then one G update every
+        ``d_steps_per_g`` batches. G runs forward once: D sees ``fake.detach()``, G's update
+        reuses ``fake``."""
+        real = batch
+        g_opt, d_opt = self.optimizers()  # type: ignore[misc]
+        # Batches seen across epochs; Lightning restores it on resume (global_step would
+        # count both optimizers' steps).
+        step = self.trainer.fit_loop.total_batch_idx
+        update_g = (step + 1) % self.hparams.d_steps_per_g == 0
+        noise_std = self.current_instance_noise(step)
+
+        z = torch.randn(real.shape[0], self.hparams.latent_dim, device=real.device)
+        with torch.set_grad_enabled(update_g):
+            fake = self.generator(z)
+
+        self.toggle_optimizer(d_opt)
+        real_logits = self.discriminator(self._with_noise(real, noise_std))
+        fake_logits = self.discriminator(self._with_noise(fake.detach(), noise_std))
+        d_loss = discriminator_loss(real_logits, fake_logits, self.hparams.real_label, self.hparams.fake_label)
+        d_opt.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        d_opt.step()
+        self.untoggle_optimizer(d_opt)
+
+        self.log("train/d_loss", d_loss.detach(), prog_bar=True)
+        self.log_dict(
+            {
+                "train/d_real": torch.sigmoid(real_logits.detach()).mean(),  # D(x)
+                "train/d_fake": torch.sigmoid(fake_logits.detach()).mean(),  # D(G(z)) before G's update
+            }
+        )
+        if noise_std > 0:
+            self.log("train/instance_noise", noise_std)
+
+        if update_g:
+            self.toggle_optimizer(g_opt)
+            g_loss = generator_loss(self.discriminator(self._with_noise(fake, noise_std)))
+            g_opt.zero_grad(set_to_none=True)
+            self.manual_backward(g_loss)
+            g_opt.step()
+            self.untoggle_optimizer(g_opt)
+            self.log("train/g_loss", g_loss.detach(), prog_bar=True)

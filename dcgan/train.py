@@ -1,0 +1,97 @@
+"""``train(cfg)``: build data, model, callbacks, loggers and Trainer from a Hydra config and fit."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf
+
+from dcgan.errors import UserInputError
+from dcgan.module import DCGAN, OptimizerFactory
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_node(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, with our own constructors' ``UserInputError`` (and a
+    ``TypeError`` from a misspelled or missing key) surfacing as a ``UserInputError`` that
+    names the config key, rather than Hydra's wrapped exception."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, UserInputError):
+            raise cause from None
+        if isinstance(cause, TypeError):
+            raise UserInputError(f"{key}: {cause}") from None
+        raise
+
+
+def build_optimizer(cfg: DictConfig, key: str) -> OptimizerFactory:
+    """Instantiate ``optimizer.<key>`` (a ``_partial_`` optimizer) and try it on a dummy
+    parameter, so a bad learning rate or beta fails now, with the key named, not after the
+    dataset has loaded."""
+    factory = instantiate_node(cfg.optimizer[key], f"optimizer.{key}", _convert_="all")
+    try:
+        factory([torch.zeros(1, requires_grad=True)])
+    except (ValueError, TypeError) as e:
+        raise UserInputError(
+            f"optimizer.{key}: {e} (settings: {OmegaConf.to_container(cfg.optimizer[key], resolve=True)})"
+        ) from e
+    return factory
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, DCGAN, L.Trainer]:
+    """Instantiate everything a run needs, validating settings before any data is read."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UserInputError(
+            f"required setting(s) not given: {', '.join(missing)}; add them to the command, e.g. {missing[0]}=<value>"
+        )
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+    g_opt, d_opt = build_optimizer(cfg, "generator"), build_optimizer(cfg, "discriminator")
+    datamodule: L.LightningDataModule = instantiate_node(cfg.dataset, "dataset")
+    model: DCGAN = instantiate_node(cfg.model, "model", g_optimizer=g_opt, d_optimizer=d_opt)
+    callbacks = [
+        instantiate_node(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items() if c is not None
+    ]
+    loggers = [instantiate_node(cfg.logger, "logger")] if cfg.get("logger") else []
+    trainer: L.Trainer = instantiate_node(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers)
+    return datamodule, model, trainer
+
+
+def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved run config without Hydra's own node, for the loggers' hparams."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    container.pop("hydra", None)
+    return container  # type: ignore[return-value]
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train a DCGAN as ``cfg`` says; return the final logged metrics as floats."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        raise UserInputError(f"ckpt_path={ckpt_path} does not exist; give the path of a .ckpt file")
+    datamodule, model, trainer = build(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    rank_zero_info(f"Run directory: {output_dir.resolve()}")
+    for logger in trainer.loggers:
+        logger.log_hyperparams(hyperparameters(cfg))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    last = output_dir / "checkpoints" / "last.ckpt"
+    rank_zero_info(
+        f"Done: {trainer.current_epoch} epochs, {trainer.fit_loop.total_batch_idx + 1} batches. "
+        f"Last checkpoint: {last}. Samples: {output_dir / 'samples'}. "
+        f"TensorBoard: tensorboard --logdir {output_dir}"
+    )
+    return metrics

@@ -1,0 +1,51 @@
+"""Shared fixtures: the real datasets in ../shared/data, Hydra composition, tiny image trees."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from tests.helpers import CONF, REPO, write_image_tree
+
+
+def _data_dir() -> Path:
+    env = os.environ.get("DCGAN_DATA_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The folder holding MNIST/raw and FashionMNIST/raw (read-only is fine: nothing is
+    unpacked there). Missing data skips the test, or fails it when DCGAN_REQUIRE_DATA=1 (CI)."""
+    root = _data_dir()
+    if not (root / "MNIST" / "raw").is_dir():
+        message = f"MNIST not found under {root}; set DCGAN_DATA_DIR to a folder holding MNIST/raw"
+        if os.environ.get("DCGAN_REQUIRE_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path, data_dir: Path) -> Callable[..., DictConfig]:
+    """Compose conf/train.yaml with overrides, as train.py would, writing into tmp_path."""
+
+    def _compose(*overrides: str) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(
+                "train",
+                overrides=[f"paths.output_dir={tmp_path / 'run'}", f"paths.data_dir={data_dir}", *overrides],
+            )
+
+    return _compose
+
+
+@pytest.fixture
+def image_tree(tmp_path: Path) -> tuple[Path, list[Path]]:
+    root = tmp_path / "images"
+    return root, write_image_tree(root)

@@ -1,0 +1,37 @@
+"""Test helpers shared by several test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+def write_image_tree(root: Path) -> list[Path]:
+    """A folder tree of images in many modes, sizes and formats, plus files to be ignored.
+    Returns the image files, sorted like ``find_images``."""
+    rng = np.random.default_rng(0)
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "c").mkdir()
+    images = {
+        root / "rgb.png": Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)),
+        root / "gray.JPG": Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)),
+        root / "a" / "rgba.png": Image.fromarray(rng.integers(0, 256, (20, 50, 4), dtype=np.uint8)),
+        root / "a" / "b" / "palette.png": Image.fromarray(
+            rng.integers(0, 256, (33, 33, 3), dtype=np.uint8), "RGB"
+        ).convert("P"),
+        root / "a" / "b" / "deep.jpeg": Image.fromarray(rng.integers(0, 256, (80, 60, 3), dtype=np.uint8)),
+        root / "c" / "wide.bmp": Image.fromarray(rng.integers(0, 256, (16, 90, 3), dtype=np.uint8)),
+        root / "c" / "small.webp": Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)),
+        root / "c" / "sixteen.png": Image.fromarray(rng.integers(0, 65536, (24, 24), dtype=np.uint16)),
+    }
+    for path, img in images.items():
+        img.save(path)
+    (root / "notes.txt").write_text("not an image")
+    (root / "a" / "data.csv").write_text("1,2,3")
+    (root / ".hidden.png").write_bytes(b"")  # hidden files are skipped
+    return sorted(images)

@@ -1,0 +1,126 @@
+"""Every option of every config group composes and instantiates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig
+
+from dcgan.data import ImageDataModule
+from dcgan.errors import UserInputError
+from dcgan.module import DCGAN
+from dcgan.train import build
+from tests.helpers import CONF, write_image_tree
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_groups_hold_the_documented_options() -> None:
+    assert options("dataset") == ["fashion_mnist", "folder", "mnist"]
+    assert options("model") == ["dcgan128", "dcgan28", "dcgan64"]
+    assert options("optimizer") == ["adam", "ttur"]
+    assert options("trainer") == ["cpu", "default", "gpu"]
+    assert options("logger") == ["csv", "tensorboard"]
+    assert options("experiment") == ["fashion128", "fashion64", "folder64", "mnist28", "smoke"]
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    write_image_tree(tmp_path / "imgs")
+    return tmp_path / "imgs"
+
+
+@pytest.mark.parametrize("option", options("dataset"))
+def test_dataset_options(compose_cfg: Callable[..., DictConfig], folder: Path, option: str) -> None:
+    cfg = compose_cfg(f"dataset={option}", f"dataset.path={folder}" if option == "folder" else "seed=1")
+    dm = instantiate(cfg.dataset)
+    assert isinstance(dm, ImageDataModule) and dm.name == option
+    assert dm.image_size == cfg.model.image_size  # the dataset follows the model's size
+    assert cfg.model.channels == dm.channels  # the model follows the dataset's channels
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_model_options(compose_cfg: Callable[..., DictConfig], option: str) -> None:
+    cfg = compose_cfg(f"model={option}", "model.g_width=4", "model.d_width=4")
+    model = instantiate(cfg.model)
+    assert isinstance(model, DCGAN)
+    size = int(option.removeprefix("dcgan"))
+    assert model.generate(torch.randn(2, cfg.model.latent_dim)).shape == (2, 1, size, size)
+    assert cfg.dataset.image_size == size
+
+
+@pytest.mark.parametrize("option", options("optimizer"))
+def test_optimizer_options(compose_cfg: Callable[..., DictConfig], option: str) -> None:
+    cfg = compose_cfg(f"optimizer={option}")
+    param = torch.nn.Parameter(torch.zeros(1))
+    g = instantiate(cfg.optimizer.generator)([param])
+    d = instantiate(cfg.optimizer.discriminator)([param])
+    assert isinstance(g, torch.optim.Adam) and isinstance(d, torch.optim.Adam)
+    expected = {"adam": (2e-4, 2e-4), "ttur": (1e-4, 4e-4)}[option]
+    assert (g.defaults["lr"], d.defaults["lr"]) == expected
+    assert tuple(g.defaults["betas"]) == (0.5, 0.999)
+
+
+def test_optimizer_sweep_keys_reach_both_networks(compose_cfg: Callable[..., DictConfig]) -> None:
+    cfg = compose_cfg("optimizer.lr_g=3e-4", "optimizer.lr_d=1e-4", "optimizer.beta1=0.0")
+    assert cfg.optimizer.generator.lr == 3e-4 and cfg.optimizer.discriminator.lr == 1e-4
+    assert list(cfg.optimizer.discriminator.betas) == [0.0, 0.999]
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer_options(compose_cfg: Callable[..., DictConfig], option: str) -> None:
+    cfg = compose_cfg(f"trainer={option}")
+    if option == "gpu" and not torch.cuda.is_available():
+        assert cfg.trainer.accelerator == "gpu"
+        return
+    trainer = instantiate(cfg.trainer, logger=False)
+    assert isinstance(trainer, L.Trainer)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_logger_options(compose_cfg: Callable[..., DictConfig], option: str, tmp_path: Path) -> None:
+    cfg = compose_cfg(f"logger={option}")
+    logger = instantiate(cfg.logger)
+    assert isinstance(logger, Logger)
+    assert Path(logger.log_dir) == tmp_path / "run" / option
+
+
+@pytest.mark.parametrize("option", options("experiment"))
+def test_experiment_options_build_everything(compose_cfg: Callable[..., DictConfig], folder: Path, option: str) -> None:
+    extra = [f"dataset.path={folder}"] if option == "folder64" else []
+    cfg = compose_cfg(f"experiment={option}", *extra)
+    datamodule, model, trainer = build(cfg)
+    assert isinstance(datamodule, ImageDataModule) and isinstance(model, DCGAN) and isinstance(trainer, L.Trainer)
+    assert model.hparams.image_size == datamodule.image_size
+
+
+def test_default_experiment_is_mnist28(compose_cfg: Callable[..., DictConfig]) -> None:
+    cfg = compose_cfg()
+    assert cfg.dataset.name == "mnist" and cfg.model.image_size == 28
+    # command-line group choices win over the experiment's
+    cfg = compose_cfg("experiment=smoke", "dataset=fashion_mnist", "model=dcgan64")
+    assert cfg.dataset.name == "fashion_mnist" and cfg.model.image_size == 64 and cfg.model.g_width == 8
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr_g=-0.1", "optimizer.generator: Invalid learning rate: -0.1"),
+        ("optimizer.beta1=1.5", "optimizer.generator: Invalid beta parameter at index 0: 1.5"),
+        ("model.latent_dim=0", "model.latent_dim=0 must be a positive integer"),
+        ("dataset.batch_size=-1", "dataset.batch_size=-1 must be a positive integer"),
+        ("model.real_label=2", r"model.real_label=2 must be in \[0, 1\]"),
+    ],
+)
+def test_bad_values_fail_before_any_work(compose_cfg: Callable[..., DictConfig], override: str, message: str) -> None:
+    with pytest.raises(UserInputError, match=message):
+        build(compose_cfg(override))

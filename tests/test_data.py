@@ -1,0 +1,254 @@
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dcgan.data import (
+    ImageDataModule,
+    ImageFolderDataset,
+    TensorLoader,
+    find_images,
+    load_image,
+    load_mnist_images,
+    resize_uint8,
+    to_unit_range,
+)
+from dcgan.errors import UserInputError
+
+
+def folder_module(path: Path, **kwargs) -> ImageDataModule:  # type: ignore[no-untyped-def]
+    args = {"name": "folder", "path": str(path), "image_size": 28, "channels": 3, "batch_size": 2, "num_workers": 0}
+    return ImageDataModule(**(args | kwargs))
+
+
+# -- folders ---------------------------------------------------------------------------------
+
+
+def test_find_images_recursive_any_case_ignores_other_files(image_tree: tuple[Path, list[Path]]) -> None:
+    root, files = image_tree
+    found = find_images(root)
+    assert found == files
+    assert {p.suffix for p in found} == {".png", ".JPG", ".jpeg", ".bmp", ".webp"}
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [28, 64])
+def test_folder_in_memory_and_streaming_paths_agree(
+    image_tree: tuple[Path, list[Path]], channels: int, size: int
+) -> None:
+    root, files = image_tree
+    memory = folder_module(root, image_size=size, channels=channels, in_memory=True)
+    memory.setup()
+    assert memory.images is not None and memory.dataset is None
+    assert memory.images.shape == (len(files), channels, size, size)
+    assert memory.images.dtype == torch.uint8
+
+    stream = folder_module(root, image_size=size, channels=channels, in_memory=False)
+    stream.setup()
+    assert stream.images is None and stream.dataset is not None
+    assert len(stream) == len(files)
+    for i in range(len(files)):
+        assert torch.equal(stream.dataset[i], memory.images[i])
+
+    batches = list(stream.train_dataloader())
+    assert len(batches) == len(files) // 2  # drop_last
+    assert all(b.shape == (2, channels, size, size) and b.dtype == torch.uint8 for b in batches)
+
+
+def test_auto_in_memory_follows_the_memory_limit(image_tree: tuple[Path, list[Path]]) -> None:
+    root, _ = image_tree
+    small = folder_module(root)
+    small.setup()
+    assert small.images is not None
+    tight = folder_module(root, memory_limit_mb=0)
+    tight.setup()
+    assert tight.images is None and tight.dataset is not None
+
+
+def test_images_are_resized_and_center_cropped(tmp_path: Path) -> None:
+    # 90x30 image: left third black, middle white, right third black. After scaling the
+    # shorter side to 28 and center-cropping, the crop is (almost) all white.
+    array = np.zeros((30, 90), dtype=np.uint8)
+    array[:, 30:60] = 255
+    Image.fromarray(array).save(tmp_path / "wide.png")
+    out = load_image(tmp_path / "wide.png", 28, 1)
+    assert out.shape == (1, 28, 28)
+    assert out[:, :, 2:-2].float().mean() > 250
+
+
+def test_mode_conversions(tmp_path: Path) -> None:
+    Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(tmp_path / "clear.png")  # fully transparent red
+    Image.new("L", (8, 8), 100).save(tmp_path / "gray.png")
+    Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)).save(tmp_path / "white16.png")
+    Image.new("CMYK", (8, 8), (0, 0, 0, 0)).save(tmp_path / "cmyk.jpg")
+    # transparent pixels land on white
+    assert torch.all(load_image(tmp_path / "clear.png", 8, 3) == 255)
+    # grayscale into an RGB run: three equal channels
+    rgb = load_image(tmp_path / "gray.png", 8, 3)
+    assert rgb.shape == (3, 8, 8) and torch.all(rgb == 100)
+    # 16-bit white is scaled to 8-bit white, not clipped
+    assert torch.all(load_image(tmp_path / "white16.png", 8, 1) == 255)
+    # CMYK with no ink is white
+    assert load_image(tmp_path / "cmyk.jpg", 8, 3).float().mean() > 250
+
+
+def test_unreadable_images_are_skipped_with_one_warning(image_tree: tuple[Path, list[Path]]) -> None:
+    root, files = image_tree
+    (root / "broken.png").write_bytes(b"\x89PNG not really")
+    (root / "empty.jpg").write_bytes(b"")
+    dm = folder_module(root, in_memory=True)
+    with pytest.warns(UserWarning, match=r"skipped 2 of 10 files .*broken.png.*empty.jpg"):
+        dm.setup()
+    assert len(dm) == len(files)
+
+
+def test_folder_errors_name_the_path(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match=f"dataset.path={tmp_path / 'nope'} does not exist"):
+        folder_module(tmp_path / "nope").setup()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserInputError, match=f"dataset.path={tmp_path / 'empty'} holds no images"):
+        folder_module(tmp_path / "empty").setup()
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("x")
+    with pytest.raises(UserInputError, match="holds no images .*searched recursively for .bmp, .jpeg"):
+        folder_module(tmp_path / "texts").setup()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.png").write_bytes(b"garbage")
+    with pytest.raises(UserInputError, match="none of the 1 image files could be read"):
+        folder_module(tmp_path / "bad", in_memory=True).setup()
+
+
+def test_batch_larger_than_dataset_says_why(image_tree: tuple[Path, list[Path]]) -> None:
+    root, files = image_tree
+    with pytest.raises(UserInputError, match=f"batch_size=64 is larger than the {len(files)} images"):
+        folder_module(root, batch_size=64).setup()
+
+
+def test_streaming_dataset_names_an_unreadable_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    with pytest.raises(UserInputError, match="cannot read image .*bad.png"):
+        ImageFolderDataset([tmp_path / "bad.png"], 28, 1)[0]
+
+
+# -- the in-memory loader ---------------------------------------------------------------------
+
+
+def test_tensor_loader_shuffles_per_epoch_reproducibly() -> None:
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
+    epoch = {"n": 0}
+    loader = TensorLoader(images, batch_size=3, seed=7, epoch_fn=lambda: epoch["n"])
+    assert len(loader) == 3  # 10 // 3, last partial batch dropped
+    first = torch.cat(list(loader)).flatten().tolist()
+    again = torch.cat(list(loader)).flatten().tolist()
+    epoch["n"] = 1
+    second = torch.cat(list(loader)).flatten().tolist()
+    assert len(first) == 9 and len(set(first)) == 9  # no repeats within an epoch
+    assert first == again  # same epoch, same order (what a resumed run sees)
+    assert first != second  # a new order each epoch
+    assert first != list(range(9))
+
+
+def test_tensor_loader_shards_are_disjoint() -> None:
+    images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1)
+    shards = [torch.cat(list(TensorLoader(images, 5, seed=1, rank=r, world_size=2))).flatten().tolist() for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 10
+    assert set(shards[0]).isdisjoint(shards[1])
+    assert set(shards[0]) | set(shards[1]) == set(range(20))
+
+
+def test_batches_are_scaled_to_unit_range() -> None:
+    batch = torch.tensor([0, 255, 128], dtype=torch.uint8).view(3, 1, 1, 1)
+    dm = ImageDataModule(name="mnist", root="x", image_size=28, channels=1, batch_size=1)
+    out = dm.on_after_batch_transfer(batch, 0)
+    assert out.dtype == torch.float32
+    assert out.flatten().tolist() == pytest.approx([-1.0, 1.0, 128 / 127.5 - 1], abs=1e-6)
+    assert to_unit_range(batch).min() == -1
+
+
+# -- MNIST / Fashion-MNIST --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "split", "count"), [("mnist", "train", 60000), ("fashion_mnist", "test", 10000)])
+def test_real_datasets_load_from_read_only_archives(data_dir: Path, name: str, split: str, count: int) -> None:
+    images = load_mnist_images(name, data_dir, split, download=False)  # type: ignore[arg-type]
+    assert images.shape == (count, 1, 28, 28) and images.dtype == torch.uint8
+    assert images.float().mean() > 20  # real digits/clothes, not zeros
+
+
+def test_mnist_module_resizes_and_expands_channels(data_dir: Path) -> None:
+    dm = ImageDataModule(name="mnist", root=str(data_dir), split="test", image_size=64, channels=3, batch_size=50)
+    dm.setup()
+    assert dm.images is not None and dm.images.shape == (10000, 3, 64, 64)
+    assert torch.equal(dm.images[:, 0], dm.images[:, 2])
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.shape == (50, 3, 64, 64)
+
+
+def test_resize_uint8_keeps_range() -> None:
+    x = torch.full((2, 1, 28, 28), 255, dtype=torch.uint8)
+    y = resize_uint8(x, 64)
+    assert y.shape == (2, 1, 64, 64) and torch.all(y == 255)
+
+
+def test_missing_dataset_offline_says_where_and_how(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError("Network is unreachable (test)")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    dm = ImageDataModule(name="mnist", root=str(tmp_path), image_size=28, channels=1, batch_size=8)
+    with pytest.raises(UserInputError) as info:
+        dm.prepare_data()
+    message = str(info.value)
+    assert f"expected {tmp_path}/MNIST/raw/train-images-idx3-ubyte.gz" in message
+    assert "the download failed" in message
+    assert "DCGAN_DATA_DIR" in message and "dataset.root" in message
+
+
+def test_missing_dataset_with_download_off(tmp_path: Path) -> None:
+    dm = ImageDataModule(
+        name="fashion_mnist", root=str(tmp_path), split="test", image_size=28, channels=1, batch_size=8, download=False
+    )
+    with pytest.raises(UserInputError, match=r"FashionMNIST/raw/t10k-images-idx3-ubyte.gz .*dataset.download=false"):
+        dm.prepare_data()
+
+
+def test_corrupt_archive_fails_its_checksum(data_dir: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    data = bytearray((data_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz").read_bytes())
+    data[1000] ^= 0xFF
+    (raw / "t10k-images-idx3-ubyte.gz").write_bytes(bytes(data))
+    with pytest.raises(UserInputError, match="fails its checksum"):
+        load_mnist_images("mnist", tmp_path, "test", download=False)
+
+
+def test_unpacked_archives_are_read_too(data_dir: Path, tmp_path: Path) -> None:
+    import gzip
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "t10k-images-idx3-ubyte").write_bytes(
+        gzip.decompress((data_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz").read_bytes())
+    )
+    assert load_mnist_images("mnist", tmp_path, "test", download=False).shape == (10000, 1, 28, 28)
+    shutil.rmtree(raw)
+
+
+def test_unknown_dataset_and_bad_settings_are_refused() -> None:
+    with pytest.raises(
+        UserInputError, match="dataset.name='cifar' is not known; choose one of mnist, fashion_mnist, folder"
+    ):
+        ImageDataModule(name="cifar", root="x", image_size=28, channels=1, batch_size=8)
+    with pytest.raises(UserInputError, match="dataset.channels=2 must be 1"):
+        ImageDataModule(name="mnist", root="x", image_size=28, channels=2, batch_size=8)
+    with pytest.raises(UserInputError, match="dataset.batch_size=0 must be a positive integer"):
+        ImageDataModule(name="mnist", root="x", image_size=28, channels=1, batch_size=0)
+    with pytest.raises(UserInputError, match="dataset=folder needs dataset.path"):
+        ImageDataModule(name="folder", image_size=28, channels=1, batch_size=8)

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dcgan.errors import UserInputError
+from dcgan.networks import SUPPORTED_IMAGE_SIZES, Discriminator, Generator, stage_layout
+
+
+@pytest.mark.parametrize("image_size", SUPPORTED_IMAGE_SIZES)
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("stem", ["conv", "dense"])
+def test_generator_output_feeds_discriminator(image_size: int, channels: int, stem: str) -> None:
+    g = Generator(image_size, channels, latent_dim=16, width=4, max_width=32, stem=stem)
+    d = Discriminator(image_size, channels, width=4, max_width=32)
+    z = torch.randn(3, 16)
+    images = g(z)
+    assert images.shape == (3, channels, image_size, image_size)
+    assert images.min() >= -1 and images.max() <= 1  # Tanh output
+    logits = d(images)
+    assert logits.shape == (3,)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(("image_size", "start", "stages"), [(28, 7, 2), (64, 4, 4), (128, 4, 5)])
+def test_depth_follows_image_size(image_size: int, start: int, stages: int) -> None:
+    assert stage_layout(image_size) == (start, stages)
+    g = Generator(image_size, 1, latent_dim=8, width=4, max_width=64, stem="conv")
+    d = Discriminator(image_size, 1, width=4, max_width=64)
+    # conv stem: one ConvTranspose to the start grid, then one per 2x stage.
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in g.modules()) == stages + 1
+    # one stride-2 conv per stage, plus the final start x start conv to one logit.
+    convs = [m for m in d.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == stages + 1
+    assert convs[-1].kernel_size == (start, start)
+
+
+def test_widths_double_towards_start_grid_and_respect_cap() -> None:
+    g = Generator(128, 3, latent_dim=8, width=8, max_width=32, stem="conv")
+    widths = [m.out_channels for m in g.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert widths == [32, 32, 32, 16, 8, 3]  # 64 and 128 capped at 32
+    d = Discriminator(128, 3, width=8, max_width=32)
+    widths = [m.out_channels for m in d.modules() if isinstance(m, nn.Conv2d)]
+    assert widths == [8, 16, 32, 32, 32, 1]
+
+
+def test_dense_stem_projects_with_linear() -> None:
+    g = Generator(28, 1, latent_dim=10, width=4, max_width=64, stem="dense")
+    linear = g.stem[0]
+    assert isinstance(linear, nn.Linear)
+    assert linear.out_features == 8 * 7 * 7  # width 4 * 2 at the 7x7 start grid
+
+
+def test_dcgan_init() -> None:
+    torch.manual_seed(0)
+    g = Generator(64, 3, latent_dim=100, width=64, max_width=512, stem="conv")
+    conv = next(m for m in g.modules() if isinstance(m, nn.ConvTranspose2d))
+    assert abs(conv.weight.std().item() - 0.02) < 0.002
+    assert abs(conv.weight.mean().item()) < 0.002
+    bn = next(m for m in g.modules() if isinstance(m, nn.BatchNorm2d))
+    assert abs(bn.weight.mean().item() - 1.0) < 0.01
+    assert torch.all(bn.bias == 0)
+
+
+def test_discriminator_dropout_is_optional() -> None:
+    assert not any(isinstance(m, nn.Dropout) for m in Discriminator(28, 1, 4, 16).modules())
+    with_dropout = [m for m in Discriminator(28, 1, 4, 16, dropout=0.3).modules() if isinstance(m, nn.Dropout)]
+    assert len(with_dropout) == 2 and with_dropout[0].p == 0.3
+
+
+@pytest.mark.parametrize("image_size", [0, 32, 56, 256])
+def test_unsupported_image_size_is_refused_with_the_supported_list(image_size: int) -> None:
+    with pytest.raises(UserInputError, match=r"model.image_size=\d+ is not supported; supported sizes are 28, 64, 128"):
+        Generator(image_size, 1, latent_dim=8, width=4, max_width=16)
+    with pytest.raises(UserInputError, match="supported sizes are 28, 64, 128"):
+        Discriminator(image_size, 1, width=4, max_width=16)
+
+
+def test_bad_widths_and_stem_are_refused() -> None:
+    with pytest.raises(UserInputError, match="model.latent_dim=0 must be a positive integer"):
+        Generator(28, 1, latent_dim=0, width=4, max_width=16)
+    with pytest.raises(UserInputError, match="model.g_stem='mlp' is not known; choose one of conv, dense"):
+        Generator(28, 1, latent_dim=8, width=4, max_width=16, stem="mlp")  # type: ignore[arg-type]
+    with pytest.raises(UserInputError, match=r"model.d_dropout=1.0 must be in \[0, 1\)"):
+        Discriminator(28, 1, width=4, max_width=16, dropout=1.0)

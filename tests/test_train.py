@@ -1,0 +1,157 @@
+"""End to end: train.py and generate.py as a user runs them, in subprocesses, on real MNIST."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from dcgan.module import DCGAN
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow
+
+LOSSES = ("train/d_loss", "train/g_loss", "train/d_real", "train/d_fake")
+
+
+def run_script(script: str, *overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *overrides],
+        cwd=REPO,
+        env=os.environ | (env or {}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def check(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """One `experiment=smoke` run: 2 epochs of 5 batches."""
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    check(run_script("train.py", "experiment=smoke", f"hydra.run.dir={run_dir}", env={"DCGAN_DATA_DIR": str(data_dir)}))
+    return run_dir
+
+
+def test_run_writes_checkpoint_events_and_grids(smoke_run: Path) -> None:
+    assert (smoke_run / ".hydra" / "config.yaml").is_file()
+    assert (smoke_run / "checkpoints" / "last.ckpt").is_file()
+    acc = events(smoke_run)
+    for tag in LOSSES:
+        assert [e.step for e in acc.Scalars(tag)] == list(range(10)), tag  # log_every_n_steps=1
+    assert len(acc.Images("samples")) == 2  # one grid per epoch
+    for epoch in (1, 2):
+        with Image.open(smoke_run / "samples" / f"epoch_{epoch:04d}.png") as grid:
+            assert grid.format == "PNG"
+            assert grid.size == (4 * 28 + 5 * 2,) * 2  # 16 fixed samples, 4x4 with 2 px padding
+    assert "dataset:" in (smoke_run / "tensorboard" / "hparams.yaml").read_text()
+
+
+def test_checkpoint_alone_rebuilds_the_generator(smoke_run: Path) -> None:
+    model = DCGAN.load_from_checkpoint(smoke_run / "checkpoints" / "last.ckpt", weights_only=True)
+    images = model.generate(model.fixed_noise)
+    assert images.shape == (16, 1, 28, 28)
+    assert model.hparams.g_width == 8
+
+
+def test_resume_continues_at_the_saved_step(smoke_run: Path, tmp_path: Path, data_dir: Path) -> None:
+    last = smoke_run / "checkpoints" / "last.ckpt"
+    before = torch.load(last, weights_only=True)
+    resumed = tmp_path / "resumed"
+    check(
+        run_script(
+            "train.py",
+            "experiment=smoke",
+            "trainer.max_epochs=3",
+            f"ckpt_path={last}",
+            f"hydra.run.dir={resumed}",
+            env={"DCGAN_DATA_DIR": str(data_dir)},
+        )
+    )
+    # The resumed run trains epoch 3 only: batches 10..14.
+    assert [e.step for e in events(resumed).Scalars("train/d_loss")] == list(range(10, 15))
+    assert sorted(p.name for p in (resumed / "samples").iterdir()) == ["epoch_0003.png"]
+    after = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (before["epoch"], after["epoch"]) == (2, 3)
+    assert after["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] == 15
+    assert torch.equal(before["state_dict"]["fixed_noise"], after["state_dict"]["fixed_noise"])
+    # Adam's step counters carried on from the checkpoint: 10 + 5 for both G and D.
+    steps = [int(next(iter(opt["state"].values()))["step"]) for opt in after["optimizer_states"]]
+    assert steps == [15, 15]
+
+
+def test_generate_writes_a_grid(smoke_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "grid.png"
+    result = check(run_script("generate.py", f"checkpoint={smoke_run}", f"out={out}", "num_images=9"))
+    assert str(out) in result.stdout
+    with Image.open(out) as grid:
+        assert grid.size == (3 * 28 + 4 * 2,) * 2
+
+
+def user_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The one-line error of a run refused for bad input: exit 2, no traceback."""
+    assert result.returncode == 2, f"exit {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    assert "Traceback" not in result.stderr + result.stdout
+    return result.stderr
+
+
+def test_unknown_dataset_lists_the_options() -> None:
+    result = run_script("train.py", "dataset=cifar10")
+    assert result.returncode != 0
+    assert "Could not find 'dataset/cifar10'" in result.stderr
+    assert "Available options in 'dataset':" in result.stderr
+    for option in ("fashion_mnist", "folder", "mnist"):
+        assert option in result.stderr
+
+
+def test_unsupported_image_size(tmp_path: Path) -> None:
+    stderr = user_error(run_script("train.py", "model.image_size=32", f"hydra.run.dir={tmp_path}"))
+    assert "error: model.image_size=32 is not supported; supported sizes are 28, 64, 128" in stderr
+
+
+def test_missing_dataset_offline(tmp_path: Path) -> None:
+    # An unreachable proxy makes torchvision's download fail at once, as offline.
+    offline = {"DCGAN_DATA_DIR": str(tmp_path), "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    stderr = user_error(run_script("train.py", "experiment=smoke", f"hydra.run.dir={tmp_path / 'run'}", env=offline))
+    assert f"mnist train images not found: expected {tmp_path}/MNIST/raw/train-images-idx3-ubyte.gz" in stderr
+    assert "the download failed" in stderr and "DCGAN_DATA_DIR" in stderr
+
+
+def test_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    stderr = user_error(
+        run_script(
+            "train.py", "experiment=folder64", f"dataset.path={tmp_path / 'empty'}", f"hydra.run.dir={tmp_path}/r"
+        )
+    )
+    assert f"error: dataset.path={tmp_path / 'empty'} holds no images" in stderr
+
+
+def test_folder_without_path(tmp_path: Path) -> None:
+    stderr = user_error(run_script("train.py", "experiment=folder64", f"hydra.run.dir={tmp_path}/r"))
+    assert "required setting(s) not given: dataset.path" in stderr
+
+
+def test_generate_with_a_bad_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    stderr = user_error(run_script("generate.py", f"checkpoint={tmp_path / 'notes.ckpt'}", f"out={tmp_path}/g.png"))
+    assert f"error: {tmp_path / 'notes.ckpt'} is not a readable DCGAN checkpoint" in stderr
+    stderr = user_error(run_script("generate.py", f"checkpoint={tmp_path / 'nope.ckpt'}", f"out={tmp_path}/g.png"))
+    assert "does not exist" in stderr
