@@ -3,43 +3,22 @@
 from __future__ import annotations
 
 import math
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from dcgan.checkpoints import read_checkpoint, resolve_checkpoint
 from dcgan.errors import UserInputError
 from dcgan.io import save_grid
 from dcgan.module import DCGAN
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory (then its ``checkpoints/best.ckpt`` if present,
-    else ``checkpoints/last.ckpt``)."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        for name in ("best.ckpt", "last.ckpt"):
-            candidate = path / "checkpoints" / name
-            if candidate.is_file():
-                return candidate
-        raise UserInputError(f"{path} is a folder without checkpoints/best.ckpt or checkpoints/last.ckpt")
-    if not path.is_file():
-        raise UserInputError(f"checkpoint {path} does not exist; give a .ckpt file or a run directory")
-    return path
-
-
 def load_generator_module(path: str | Path, device: str | torch.device = "cpu") -> DCGAN:
     """Rebuild a ``DCGAN`` from a checkpoint alone (weights only, no pickled code), in eval mode."""
     ckpt = resolve_checkpoint(path)
-    try:
-        model = DCGAN.load_from_checkpoint(ckpt, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, KeyError, TypeError) as e:
-        raise UserInputError(
-            f"{ckpt} is not a readable DCGAN checkpoint written by train.py ({type(e).__name__}: {e})"
-        ) from e
-    return model.eval()
+    read_checkpoint(ckpt)  # clear errors for files that are not ours
+    return DCGAN.load_from_checkpoint(ckpt, map_location=device, weights_only=True).eval()
 
 
 def latents(n: int, latent_dim: int, seed: int) -> Tensor:

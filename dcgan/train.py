@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,14 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
+from dcgan.checkpoints import check_resumable
 from dcgan.errors import UserInputError
 from dcgan.module import DCGAN, OptimizerFactory
 
 log = logging.getLogger(__name__)
+
+# Lightning 2.6 trips torch's own deprecation of LeafSpec on every run; harmless noise.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def instantiate_node(node: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -78,10 +83,10 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train a DCGAN as ``cfg`` says; return the final logged metrics as floats."""
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
-        raise UserInputError(f"ckpt_path={ckpt_path} does not exist; give the path of a .ckpt file")
     datamodule, model, trainer = build(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None:
+        check_resumable(ckpt_path, dict(model.hparams), trainer.max_epochs)
     output_dir = Path(cfg.paths.output_dir)
     rank_zero_info(f"Run directory: {output_dir.resolve()}")
     for logger in trainer.loggers:

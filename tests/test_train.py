@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from dcgan.checkpoints import check_resumable, read_checkpoint
+from dcgan.errors import UserInputError
 from dcgan.module import DCGAN
 from tests.helpers import REPO
 
@@ -152,6 +154,31 @@ def test_folder_without_path(tmp_path: Path) -> None:
 def test_generate_with_a_bad_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "notes.ckpt").write_text("not a checkpoint")
     stderr = user_error(run_script("generate.py", f"checkpoint={tmp_path / 'notes.ckpt'}", f"out={tmp_path}/g.png"))
-    assert f"error: {tmp_path / 'notes.ckpt'} is not a readable DCGAN checkpoint" in stderr
+    assert f"error: {tmp_path / 'notes.ckpt'} is not a readable checkpoint" in stderr
     stderr = user_error(run_script("generate.py", f"checkpoint={tmp_path / 'nope.ckpt'}", f"out={tmp_path}/g.png"))
     assert "does not exist" in stderr
+
+
+def test_resume_refuses_other_network_settings_and_finished_runs(smoke_run: Path, tmp_path: Path) -> None:
+    last = smoke_run / "checkpoints" / "last.ckpt"
+    hparams = dict(read_checkpoint(last)["hyper_parameters"])
+    check_resumable(last, hparams, max_epochs=3)  # compatible: no error
+    with pytest.raises(
+        UserInputError, match="model.image_size: checkpoint 28, config 64; model.g_width: checkpoint 8, config 16"
+    ):
+        check_resumable(last, hparams | {"g_width": 16, "image_size": 64}, max_epochs=3)
+    with pytest.raises(UserInputError, match="has already trained 2 epochs; set trainer.max_epochs above 2"):
+        check_resumable(last, hparams, max_epochs=2)
+    stderr = user_error(
+        run_script("train.py", "experiment=smoke", f"ckpt_path={last}", "model=dcgan64", f"hydra.run.dir={tmp_path}")
+    )
+    assert (
+        f"cannot resume from {last}: it was trained with other network settings (model.image_size: checkpoint 28"
+        in (stderr)
+    )
+
+
+def test_a_torch_file_that_is_not_ours(tmp_path: Path) -> None:
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.ckpt")
+    with pytest.raises(UserInputError, match="is not a DCGAN checkpoint written by train.py"):
+        read_checkpoint(tmp_path / "other.ckpt")
