@@ -124,3 +124,18 @@ def test_default_experiment_is_mnist28(compose_cfg: Callable[..., DictConfig]) -
 def test_bad_values_fail_before_any_work(compose_cfg: Callable[..., DictConfig], override: str, message: str) -> None:
     with pytest.raises(UserInputError, match=message):
         build(compose_cfg(override))
+
+
+def test_train_with_the_same_seed_gives_the_same_losses(compose_cfg: Callable[..., DictConfig]) -> None:
+    from dcgan.train import train
+
+    def losses(seed: int) -> dict[str, float]:
+        metrics = train(
+            compose_cfg("experiment=smoke", "logger=csv", f"seed={seed}", "+trainer.enable_progress_bar=false")
+        )
+        return {k: v for k, v in metrics.items() if k.startswith("train/")}
+
+    first = losses(7)
+    assert set(first) == {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"}
+    assert losses(7) == first
+    assert losses(8) != first
