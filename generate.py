@@ -1,16 +1,15 @@
-"""Draw a grid of samples from a trained DCGAN: `python generate.py checkpoint=<ckpt or run dir>`."""
+"""Images and scores from a trained DCGAN: `python generate.py [mode=grid|fid] checkpoint=<ckpt or run dir>`."""
 
 import hydra
 from omegaconf import DictConfig
 
 from dcgan.cli import run_or_exit
-from dcgan.sampling import write_grid
+from dcgan.generate import generate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
-    path = run_or_exit(lambda: write_grid(cfg.checkpoint, cfg.out, cfg.num_images, cfg.seed, cfg.nrow, cfg.device))
-    print(f"Wrote {path.resolve()}")
+    run_or_exit(lambda: generate(cfg))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,31 @@
-"""Training callbacks: sample grids from the fixed noise and epoch timing."""
+"""Training callbacks: sample grids from the fixed noise, epoch timing, FID and best.ckpt."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from dcgan.data import SPLITS, ImageDataModule
+from dcgan.errors import UserInputError
 from dcgan.io import image_grid, save_grid
+from dcgan.metrics import (
+    FIDScorer,
+    InceptionFeatures,
+    ReferenceKey,
+    reference_datamodule,
+    reference_features,
+    shard,
+)
 from dcgan.module import DCGAN
+from dcgan.sampling import latents
 
 
 class SampleGrid(L.Callback):
@@ -55,3 +69,131 @@ class EpochTimer(L.Callback):
         seconds = time.perf_counter() - self._start
         pl_module.log("time/epoch_s", seconds, on_step=False, on_epoch=True)
         pl_module.log("time/images_per_s", self._images * trainer.world_size / seconds, on_step=False, on_epoch=True)
+
+
+class FIDCallback(L.Callback):
+    """FID of generated images during training, and the lowest-FID weights in ``best.ckpt``.
+
+    After every ``every_n_epochs`` epochs (and the last), G (eval mode) draws ``num_samples``
+    images from fixed latents (``seed``); their FID against the reference features (cached, see
+    ``dcgan.metrics``) is logged as ``val/fid`` (``val/kid`` with ``kid=True``) and appended to
+    ``metrics_file`` as a JSON line stating N, split and size. GAN quality is not monotone in
+    training time, so a lower FID than any before saves ``checkpoint_dir/best.ckpt``.
+
+    Under several processes each rank scores its share of the latents and of the reference
+    features; torchmetrics combines the states, and every rank gets the same FID.
+    """
+
+    def __init__(
+        self,
+        *,
+        checkpoint_dir: str | Path,
+        metrics_file: str | Path,
+        every_n_epochs: int,
+        num_samples: int | str,
+        weights: str | None,
+        cache_dir: str | Path,
+        reference_split: str,
+        reference_samples: int | None,
+        batch_size: int,
+        kid: bool,
+        seed: int,
+    ) -> None:
+        if every_n_epochs < 1:
+            raise UserInputError(f"eval.every_n_epochs={every_n_epochs} must be >= 1")
+        if num_samples != "auto" and (not isinstance(num_samples, int) or num_samples < 2):
+            raise UserInputError(f"eval.num_samples={num_samples!r} must be auto or an integer >= 2")
+        if reference_split not in SPLITS:
+            raise UserInputError(f"eval.reference_split={reference_split!r} must be one of {', '.join(SPLITS)}")
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.metrics_file = Path(metrics_file)
+        self.every_n_epochs = every_n_epochs
+        self.num_samples_setting = num_samples
+        self.cache_dir = cache_dir
+        self.reference_split = reference_split
+        self.reference_samples = reference_samples
+        self.kid = kid
+        self.seed = seed
+        # Loaded now, so missing or corrupt weights fail before any data is read.
+        self.extractor = InceptionFeatures(weights, batch_size)
+        self.scorer: FIDScorer | None = None
+        self.best_fid = math.inf
+        self.best_epoch = 0
+
+    @staticmethod
+    def auto_num_samples(device: torch.device) -> int:
+        # 10k as in the published tables on a GPU; 1k on a CPU, where Inception runs ~14 images/s.
+        return 10_000 if device.type == "cuda" else 1_000
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.scorer is not None:
+            return
+        device = trainer.strategy.root_device
+        n = self.num_samples_setting
+        self.num_samples = self.auto_num_samples(device) if n == "auto" else int(n)
+        datamodule = trainer.datamodule
+        if not isinstance(datamodule, ImageDataModule):
+            raise TypeError("FIDCallback needs an ImageDataModule to find the reference images")
+        reference = reference_datamodule(dict(datamodule.hparams), self.reference_split)
+        self.extractor.to(device)
+        # Rank 0 computes (or loads) and caches the reference; the others then read the cache.
+        if trainer.is_global_zero:
+            features, self.key, _ = self._reference(reference)
+        trainer.strategy.barrier("fid-reference")
+        if not trainer.is_global_zero:
+            features, self.key, _ = self._reference(reference)
+        rank, world = trainer.global_rank, trainer.world_size
+        self.num_reference = len(features)
+        self.scorer = FIDScorer(
+            self.extractor, shard(features, rank, world), len(features), self.num_samples, kid=self.kid
+        )
+        assert isinstance(pl_module, DCGAN)
+        self.latents = shard(latents(self.num_samples, pl_module.hparams.latent_dim, self.seed), rank, world)
+
+    def _reference(self, reference: ImageDataModule) -> tuple[torch.Tensor, ReferenceKey, Path]:
+        return reference_features(reference, self.reference_samples, self.extractor, self.cache_dir)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every_n_epochs and epoch != trainer.max_epochs:
+            return
+        assert self.scorer is not None and isinstance(pl_module, DCGAN)
+        start = time.perf_counter()
+        result = self.scorer.score(pl_module.generate, self.latents)
+        seconds = time.perf_counter() - start
+        pl_module.log("val/fid", result["fid"], on_step=False, on_epoch=True)
+        if "kid_mean" in result:
+            pl_module.log("val/kid", result["kid_mean"], on_step=False, on_epoch=True)
+        improved = result["fid"] < self.best_fid
+        if improved:
+            self.best_fid, self.best_epoch = result["fid"], epoch
+        pl_module.log("val/fid_best", self.best_fid, on_step=False, on_epoch=True)
+        if trainer.is_global_zero:
+            record = {
+                "epoch": epoch,
+                "batches": trainer.fit_loop.total_batch_idx + 1,
+                **result,
+                "num_samples": self.num_samples,
+                "num_reference": self.num_reference,
+                "reference": asdict(self.key),
+                "seconds": round(seconds, 2),
+                "best": improved,
+            }
+            self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
+            with self.metrics_file.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            rank_zero_info(
+                f"Epoch {epoch}: FID {result['fid']:.2f} ({self.num_samples} generated vs {self.num_reference} "
+                f"{self.key.dataset} {self.key.split} images at {self.key.image_size}px, {seconds:.0f} s)"
+                + (" - new best" if improved else "")
+            )
+        if improved:
+            # The callback's state (best FID) is saved with it, so a resumed run keeps it.
+            trainer.save_checkpoint(self.checkpoint_dir / "best.ckpt", weights_only=False)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best_fid": self.best_fid, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.best_fid = float(state_dict["best_fid"])
+        self.best_epoch = int(state_dict["best_epoch"])

@@ -55,6 +55,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def epochs_trained(ckpt: dict[str, Any]) -> int:
+    """Epochs whose training finished when ``ckpt`` was written. (``ckpt["epoch"]`` lags by one
+    in checkpoints written from an epoch-end hook, like ``best.ckpt``.)"""
+    try:
+        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError):
+        return int(ckpt.get("epoch", 0))
+
+
 def check_resumable(path: str | Path, hparams: dict[str, Any], max_epochs: int | None) -> None:
     """Refuse to resume from ``path`` into a model with other tensor shapes, or when the
     checkpoint has already trained ``max_epochs`` epochs."""
@@ -71,7 +80,7 @@ def check_resumable(path: str | Path, hparams: dict[str, Any], max_epochs: int |
             + "; ".join(mismatches)
             + "). Use the experiment and overrides it was trained with (see .hydra/config.yaml in its run directory)"
         )
-    epoch = int(ckpt.get("epoch", 0))
+    epoch = epochs_trained(ckpt)
     if max_epochs is not None and max_epochs >= 0 and epoch >= max_epochs:
         raise UserInputError(
             f"{path} has already trained {epoch} epochs; set trainer.max_epochs above {epoch} to train on"

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
+from dcgan.callbacks import FIDCallback
 from dcgan.checkpoints import check_resumable
 from dcgan.errors import UserInputError
 from dcgan.module import DCGAN, OptimizerFactory
@@ -53,6 +54,19 @@ def build_optimizer(cfg: DictConfig, key: str) -> OptimizerFactory:
     return factory
 
 
+def fid_callback(cfg: DictConfig) -> FIDCallback:
+    """The FID callback, from ``cfg.eval`` (see conf/fid.yaml) and the run directory."""
+    settings = OmegaConf.to_container(cfg.eval, resolve=True)
+    assert isinstance(settings, dict)
+    settings.pop("fid")
+    output_dir = Path(cfg.paths.output_dir)
+    return FIDCallback(
+        checkpoint_dir=output_dir / "checkpoints",
+        metrics_file=output_dir / "fid.jsonl",
+        **settings,  # type: ignore[arg-type]
+    )
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, DCGAN, L.Trainer]:
     """Instantiate everything a run needs, validating settings before any data is read."""
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -68,6 +82,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, DCGAN, L.Trainer]:
     callbacks = [
         instantiate_node(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items() if c is not None
     ]
+    if cfg.eval.fid:
+        callbacks.append(fid_callback(cfg))
     loggers = [instantiate_node(cfg.logger, "logger")] if cfg.get("logger") else []
     trainer: L.Trainer = instantiate_node(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers)
     return datamodule, model, trainer

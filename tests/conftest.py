@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,37 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from tests.helpers import CONF, REPO, write_image_tree
+
+
+def _fid_weights() -> Path:
+    env = os.environ.get("DCGAN_FID_WEIGHTS")
+    return Path(env) if env else REPO.parent / "shared" / "weights" / "inception-2015-12-05-fid-features-only.pth"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Point every test, and the scripts they start, at the local FID weights and at a fresh
+    cache folder for FID reference features (computed once per test session)."""
+    patch = pytest.MonkeyPatch()
+    if _fid_weights().is_file():
+        patch.setenv("DCGAN_FID_WEIGHTS", str(_fid_weights()))
+    patch.setenv("DCGAN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    yield
+    patch.undo()
+
+
+def _missing(message: str) -> None:
+    if os.environ.get("DCGAN_REQUIRE_DATA") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def fid_weights() -> Path:
+    """The FID Inception weights file (see ../shared/README.md)."""
+    if not _fid_weights().is_file():
+        _missing(f"FID weights not found at {_fid_weights()}; set DCGAN_FID_WEIGHTS")
+    return _fid_weights()
 
 
 def _data_dir() -> Path:
@@ -21,13 +52,11 @@ def _data_dir() -> Path:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The folder holding MNIST/raw and FashionMNIST/raw (read-only is fine: nothing is
-    unpacked there). Missing data skips the test, or fails it when DCGAN_REQUIRE_DATA=1 (CI)."""
+    unpacked there). Missing data or weights skip the test, or fail it when
+    DCGAN_REQUIRE_DATA=1 (CI)."""
     root = _data_dir()
     if not (root / "MNIST" / "raw").is_dir():
-        message = f"MNIST not found under {root}; set DCGAN_DATA_DIR to a folder holding MNIST/raw"
-        if os.environ.get("DCGAN_REQUIRE_DATA") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        _missing(f"MNIST not found under {root}; set DCGAN_DATA_DIR to a folder holding MNIST/raw")
     return root
 
 

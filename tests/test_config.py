@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
+from dcgan.callbacks import FIDCallback
 from dcgan.data import ImageDataModule
 from dcgan.errors import UserInputError
 from dcgan.module import DCGAN
@@ -29,7 +30,7 @@ def test_groups_hold_the_documented_options() -> None:
     assert options("optimizer") == ["adam", "ttur"]
     assert options("trainer") == ["cpu", "default", "gpu"]
     assert options("logger") == ["csv", "tensorboard"]
-    assert options("experiment") == ["fashion128", "fashion64", "folder64", "mnist28", "smoke"]
+    assert options("experiment") == ["fashion128", "fashion28", "fashion64", "folder64", "mnist28", "smoke"]
 
 
 @pytest.fixture
@@ -95,10 +96,13 @@ def test_logger_options(compose_cfg: Callable[..., DictConfig], option: str, tmp
 
 
 @pytest.mark.parametrize("option", options("experiment"))
-def test_experiment_options_build_everything(compose_cfg: Callable[..., DictConfig], folder: Path, option: str) -> None:
+def test_experiment_options_build_everything(
+    compose_cfg: Callable[..., DictConfig], folder: Path, option: str, fid_weights: Path
+) -> None:
     extra = [f"dataset.path={folder}"] if option == "folder64" else []
     cfg = compose_cfg(f"experiment={option}", *extra)
     datamodule, model, trainer = build(cfg)
+    assert any(isinstance(c, FIDCallback) for c in trainer.callbacks)  # type: ignore[attr-defined]
     assert isinstance(datamodule, ImageDataModule) and isinstance(model, DCGAN) and isinstance(trainer, L.Trainer)
     assert model.hparams.image_size == datamodule.image_size
 
@@ -131,7 +135,9 @@ def test_train_with_the_same_seed_gives_the_same_losses(compose_cfg: Callable[..
 
     def losses(seed: int) -> dict[str, float]:
         metrics = train(
-            compose_cfg("experiment=smoke", "logger=csv", f"seed={seed}", "+trainer.enable_progress_bar=false")
+            compose_cfg(
+                "experiment=smoke", "logger=csv", f"seed={seed}", "eval.fid=false", "+trainer.enable_progress_bar=false"
+            )
         )
         return {k: v for k, v in metrics.items() if k.startswith("train/")}
 

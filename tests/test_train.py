@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,11 +23,14 @@ pytestmark = pytest.mark.slow
 LOSSES = ("train/d_loss", "train/g_loss", "train/d_real", "train/d_fake")
 
 
-def run_script(script: str, *overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_script(
+    script: str, *overrides: str, env: dict[str, str] | None = None, drop: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k not in drop} | (env or {})
     return subprocess.run(
         [sys.executable, str(REPO / script), *overrides],
         cwd=REPO,
-        env=os.environ | (env or {}),
+        env=environment,
         capture_output=True,
         text=True,
         timeout=300,
@@ -45,8 +49,8 @@ def events(run_dir: Path) -> EventAccumulator:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
-    """One `experiment=smoke` run: 2 epochs of 5 batches."""
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, fid_weights: Path) -> Path:
+    """One `experiment=smoke` run: 2 epochs of 5 batches, FID of 32 images after each."""
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
     check(run_script("train.py", "experiment=smoke", f"hydra.run.dir={run_dir}", env={"DCGAN_DATA_DIR": str(data_dir)}))
     return run_dir
@@ -64,6 +68,50 @@ def test_run_writes_checkpoint_events_and_grids(smoke_run: Path) -> None:
             assert grid.format == "PNG"
             assert grid.size == (4 * 28 + 5 * 2,) * 2  # 16 fixed samples, 4x4 with 2 px padding
     assert "dataset:" in (smoke_run / "tensorboard" / "hparams.yaml").read_text()
+
+
+def test_run_logs_fid_and_keeps_the_best_weights(smoke_run: Path) -> None:
+    acc = events(smoke_run)
+    fids = [e.value for e in acc.Scalars("val/fid")]
+    assert len(fids) == 2 and all(0 < f < 1000 for f in fids)  # one evaluation per epoch
+    assert [e.value for e in acc.Scalars("val/fid_best")] == pytest.approx([fids[0], min(fids)])
+    records = [json.loads(line) for line in (smoke_run / "fid.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert [r["fid"] for r in records] == pytest.approx(fids)
+    first = records[0]
+    assert (first["num_samples"], first["num_reference"]) == (32, 64)
+    assert first["reference"] | {"feature_network": "-"} == {
+        "dataset": "mnist",
+        "split": "test",
+        "image_size": 28,
+        "channels": 1,
+        "num_samples": 64,
+        "feature_network": "-",
+        "resize": "tf1-bilinear-299",
+        "source": "",
+    }
+    best = torch.load(smoke_run / "checkpoints" / "best.ckpt", weights_only=True)
+    best_epoch = 1 + fids.index(min(fids))
+    assert best["callbacks"]["FIDCallback"] == {"best_fid": pytest.approx(min(fids)), "best_epoch": best_epoch}
+    assert best["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == best_epoch
+
+
+def test_score_command_prints_one_json_line(smoke_run: Path) -> None:
+    result = check(
+        run_script(
+            "generate.py", "mode=fid", f"checkpoint={smoke_run}", "fid.num_samples=32", "fid.reference_samples=64"
+        )
+    )
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["checkpoint"] == str((smoke_run / "checkpoints" / "best.ckpt").resolve())
+    assert (record["num_samples"], record["num_reference"], record["reference"]["split"]) == (32, 64, "test")
+    assert json.loads(Path(record["out"]).read_text())["fid"] == record["fid"]
+    assert Path(record["out"]) == (smoke_run / "eval" / "fid-best-n32-test.json").resolve()
+    # Same generator, latents and reference as in training: the same FID as the best epoch's.
+    best = min(json.loads(line)["fid"] for line in (smoke_run / "fid.jsonl").read_text().splitlines())
+    assert record["fid"] == pytest.approx(best, rel=1e-4)
 
 
 def test_checkpoint_alone_rebuilds_the_generator(smoke_run: Path) -> None:
@@ -97,6 +145,8 @@ def test_resume_continues_at_the_saved_step(smoke_run: Path, tmp_path: Path, dat
     # Adam's step counters carried on from the checkpoint: 10 + 5 for both G and D.
     steps = [int(next(iter(opt["state"].values()))["step"]) for opt in after["optimizer_states"]]
     assert steps == [15, 15]
+    # The best FID so far is carried on: best.ckpt is only replaced by a better one.
+    assert after["callbacks"]["FIDCallback"]["best_fid"] <= before["callbacks"]["FIDCallback"]["best_fid"]
 
 
 def test_generate_writes_a_grid(smoke_run: Path, tmp_path: Path) -> None:
@@ -182,3 +232,42 @@ def test_a_torch_file_that_is_not_ours(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.ckpt")
     with pytest.raises(UserInputError, match="is not a DCGAN checkpoint written by train.py"):
         read_checkpoint(tmp_path / "other.ckpt")
+
+
+OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+
+
+def test_training_without_fid_needs_no_weights(tmp_path: Path, data_dir: Path) -> None:
+    env = OFFLINE | {"DCGAN_DATA_DIR": str(data_dir), "TORCH_HOME": str(tmp_path / "torch")}
+    run = tmp_path / "run"
+    check(
+        run_script(
+            "train.py",
+            "experiment=smoke",
+            "eval.fid=false",
+            f"hydra.run.dir={run}",
+            env=env,
+            drop=("DCGAN_FID_WEIGHTS",),
+        )
+    )
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert not (run / "checkpoints" / "best.ckpt").exists()
+    assert "val/fid" not in events(run).Tags()["scalars"]
+
+
+def test_fid_without_weights_offline_says_what_to_set(tmp_path: Path, data_dir: Path) -> None:
+    env = OFFLINE | {"DCGAN_DATA_DIR": str(data_dir), "TORCH_HOME": str(tmp_path / "torch")}
+    result = run_script(
+        "train.py", "experiment=smoke", f"hydra.run.dir={tmp_path}/run", env=env, drop=("DCGAN_FID_WEIGHTS",)
+    )
+    stderr = user_error(result)
+    assert "the FID Inception weights could not be downloaded" in stderr
+    assert "DCGAN_FID_WEIGHTS" in stderr and "eval.fid=false" in stderr
+
+
+def test_corrupt_fid_weights(tmp_path: Path) -> None:
+    (tmp_path / "w.pth").write_text("garbage")
+    stderr = user_error(
+        run_script("train.py", "experiment=smoke", f"eval.weights={tmp_path / 'w.pth'}", f"hydra.run.dir={tmp_path}/r")
+    )
+    assert f"error: FID weights file {tmp_path / 'w.pth'} is corrupt" in stderr

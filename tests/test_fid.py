@@ -1,0 +1,183 @@
+"""FID: the protocol, the cache of reference features, scoring under several processes, errors."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from dcgan.data import ImageDataModule, load_mnist_images, to_uint8
+from dcgan.errors import UserInputError
+from dcgan.metrics import (
+    FIDScorer,
+    InceptionFeatures,
+    fid_from_features,
+    reference_datamodule,
+    reference_features,
+    shard,
+)
+
+
+@pytest.fixture(scope="module")
+def extractor(fid_weights: Path) -> InceptionFeatures:
+    return InceptionFeatures(str(fid_weights), batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def mnist_test(data_dir: Path) -> torch.Tensor:
+    return load_mnist_images("mnist", data_dir, "test", download=False)
+
+
+def test_real_halves_are_far_closer_than_noise(extractor: InceptionFeatures, mnist_test: torch.Tensor) -> None:
+    real_a, real_b = mnist_test[:64], mnist_test[64:128]  # two disjoint sets of real digits
+    noise = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    fa, fb, fn = extractor(real_a), extractor(real_b), extractor(noise)
+    assert fa.shape == (64, 2048) and fa.dtype == torch.float32
+    real_vs_real, real_vs_noise = fid_from_features(fa, fb), fid_from_features(fa, fn)
+    assert 0 < real_vs_real < real_vs_noise / 4, (real_vs_real, real_vs_noise)
+
+
+def test_pass_through_features_equal_torchmetrics_on_images(
+    extractor: InceptionFeatures, mnist_test: torch.Tensor, fid_weights: Path
+) -> None:
+    """Our route (features once, fed to the metric) gives torchmetrics' own FID on the images,
+    with the original FID code's resize (antialias=False)."""
+    real, fake = mnist_test[:24], mnist_test[5000:5024]
+    reference = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(fid_weights), antialias=False)
+    reference.update(real.expand(-1, 3, -1, -1), real=True)
+    reference.update(fake.expand(-1, 3, -1, -1), real=False)
+    ours = fid_from_features(extractor(real), extractor(fake))
+    assert ours == pytest.approx(float(reference.compute()), rel=1e-3)
+
+
+def test_generated_images_reach_the_metric_as_rounded_uint8() -> None:
+    images = torch.tensor([-1.0, 1.0, -0.9165, 0.0]).view(4, 1, 1, 1)  # -0.9165 -> 10.64
+    assert to_uint8(images).flatten().tolist() == [0, 255, 11, 128]  # rounded, not truncated
+
+
+def test_reference_features_are_computed_once(extractor: InceptionFeatures, data_dir: Path, tmp_path: Path) -> None:
+    hparams = {"name": "mnist", "root": str(data_dir), "image_size": 28, "channels": 1, "batch_size": 8}
+    dm = reference_datamodule(hparams | {"split": "train"}, "test")
+    assert dm.split == "test"
+    before = extractor.images_processed
+    first, key, path = reference_features(dm, 16, extractor, tmp_path)
+    assert extractor.images_processed - before == 16
+    assert path.parent == tmp_path and path.is_file()
+    assert (key.dataset, key.split, key.image_size, key.num_samples) == ("mnist", "test", 28, 16)
+    # same key: read from the cache, the feature network is not called again
+    again, key_again, path_again = reference_features(reference_datamodule(hparams, "test"), 16, extractor, tmp_path)
+    assert extractor.images_processed - before == 16
+    assert torch.equal(first, again) and key_again == key and path_again == path
+    # anything that changes the features changes the key: here the image size and the count
+    other_size = reference_datamodule(hparams | {"image_size": 64}, "test")
+    _, key64, path64 = reference_features(other_size, 16, extractor, tmp_path)
+    _, _, path8 = reference_features(reference_datamodule(hparams, "test"), 8, extractor, tmp_path)
+    assert extractor.images_processed - before == 16 + 16 + 8
+    assert len({path, path64, path8}) == 3 and key64.image_size == 64
+
+
+def test_reference_count_is_checked(extractor: InceptionFeatures, data_dir: Path, tmp_path: Path) -> None:
+    dm = ImageDataModule(name="mnist", root=str(data_dir), split="test", image_size=28, channels=1, batch_size=8)
+    with pytest.raises(UserInputError, match="reference_samples=20000 must be between 2 and the 10000 images"):
+        reference_features(dm, 20000, extractor, tmp_path)
+
+
+def test_folder_reference_follows_its_files(extractor: InceptionFeatures, tmp_path: Path) -> None:
+    from tests.helpers import write_image_tree
+
+    files = write_image_tree(tmp_path / "imgs")
+    hparams = {"name": "folder", "path": str(tmp_path / "imgs"), "image_size": 28, "channels": 3, "batch_size": 2}
+    feats, key, path = reference_features(reference_datamodule(hparams, "test"), None, extractor, tmp_path / "c")
+    assert feats.shape == (len(files), 2048) and key.split == "all" and key.source
+    files[0].write_bytes(files[1].read_bytes())  # a file changes: a new key, computed again
+    _, key2, path2 = reference_features(reference_datamodule(hparams, "test"), None, extractor, tmp_path / "c")
+    assert key2.source != key.source and path2 != path
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def test_missing_weights_file(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match=r"FID weights file .*nope.pth does not exist; set eval.weights"):
+        InceptionFeatures(str(tmp_path / "nope.pth"))
+
+
+def test_corrupt_weights_file(tmp_path: Path, fid_weights: Path) -> None:
+    (tmp_path / "junk.pth").write_bytes(b"\x00" * 1000)
+    with pytest.raises(
+        UserInputError, match=r"junk.pth is corrupt or not the FID Inception network.*DCGAN_FID_WEIGHTS"
+    ):
+        InceptionFeatures(str(tmp_path / "junk.pth"))
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(fid_weights.read_bytes()[:10_000_000])
+    with pytest.raises(UserInputError, match="truncated.pth is corrupt"):
+        InceptionFeatures(str(truncated))
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(UserInputError, match="not a state dict of the FID Inception network"):
+        InceptionFeatures(str(tmp_path / "other.pth"))
+
+
+def test_no_weights_offline_says_what_to_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError("Network is unreachable (test)")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached download either
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    with pytest.raises(UserInputError) as info:
+        InceptionFeatures(None)
+    message = str(info.value)
+    assert "could not be downloaded" in message
+    assert "DCGAN_FID_WEIGHTS" in message and "eval.weights" in message and "eval.fid=false" in message
+
+
+# -- several processes ----------------------------------------------------------------------------
+
+
+class _ToyFeatures(nn.Module):
+    """A stand-in for Inception (same interface, cheap): uint8 images -> 2048-d features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(28 * 28, 2048)
+        nn.init.normal_(self.proj.weight, generator=torch.Generator().manual_seed(0))
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.proj(images.float().flatten(1) / 255)
+
+
+def _toy_generate(z: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(z[:, :1, None].expand(-1, 28, 28)[:, None] + torch.linspace(-1, 1, 28))
+
+
+def _score_on_rank(rank: int, world: int, init_file: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    real = torch.randn(40, 2048, generator=torch.Generator().manual_seed(1))
+    z = torch.randn(30, 8, generator=torch.Generator().manual_seed(2))
+    scorer = FIDScorer(_ToyFeatures(), shard(real, rank, world), 40, 30, kid=True)  # type: ignore[arg-type]
+    result = scorer.score(_toy_generate, shard(z, rank, world), batch_size=4)
+    torch.save(result, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_scores_under_two_processes_match_one(tmp_path: Path) -> None:
+    """Each rank scores its share; compute() syncs the states: every rank gets the FID (and KID
+    mean) of all samples, as one process does."""
+    single_real = torch.randn(40, 2048, generator=torch.Generator().manual_seed(1))
+    z = torch.randn(30, 8, generator=torch.Generator().manual_seed(2))
+    single = FIDScorer(_ToyFeatures(), single_real, 40, 30, kid=True).score(_toy_generate, z)  # type: ignore[arg-type]
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(_score_on_rank, args=(2, str(tmp_path / "init"), str(tmp_path / "result")), nprocs=2, join=True)
+    per_rank = [torch.load(tmp_path / f"result.{r}", weights_only=True) for r in (0, 1)]
+    assert per_rank[0]["fid"] == per_rank[1]["fid"]
+    assert per_rank[0]["fid"] == pytest.approx(single["fid"], rel=1e-4)
+    # KID averages random subsets: equal up to float rounding of the summation order
+    assert per_rank[0]["kid_mean"] == pytest.approx(per_rank[1]["kid_mean"], rel=1e-5)
