@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import asdict
@@ -11,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only
 
 from dcgan.data import SPLITS, ImageDataModule
 from dcgan.errors import UserInputError
@@ -26,6 +27,9 @@ from dcgan.metrics import (
 )
 from dcgan.module import DCGAN
 from dcgan.sampling import latents
+
+# Hydra sends this logger to the console and the run's train.log.
+log = logging.getLogger(__name__)
 
 
 class SampleGrid(L.Callback):
@@ -67,8 +71,9 @@ class EpochTimer(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seconds = time.perf_counter() - self._start
-        pl_module.log("time/epoch_s", seconds, on_step=False, on_epoch=True)
-        pl_module.log("time/images_per_s", self._images * trainer.world_size / seconds, on_step=False, on_epoch=True)
+        pl_module.log("time/epoch_s", seconds, on_step=False, on_epoch=True, sync_dist=True)
+        images_per_s = self._images * trainer.world_size / seconds
+        pl_module.log("time/images_per_s", images_per_s, on_step=False, on_epoch=True, sync_dist=True)
 
 
 class FIDCallback(L.Callback):
@@ -95,7 +100,7 @@ class FIDCallback(L.Callback):
         cache_dir: str | Path,
         reference_split: str,
         reference_samples: int | None,
-        batch_size: int,
+        batch_size: int | str,
         kid: bool,
         seed: int,
     ) -> None:
@@ -161,13 +166,13 @@ class FIDCallback(L.Callback):
         start = time.perf_counter()
         result = self.scorer.score(pl_module.generate, self.latents)
         seconds = time.perf_counter() - start
-        pl_module.log("val/fid", result["fid"], on_step=False, on_epoch=True)
+        pl_module.log("val/fid", result["fid"], on_step=False, on_epoch=True, sync_dist=True)
         if "kid_mean" in result:
-            pl_module.log("val/kid", result["kid_mean"], on_step=False, on_epoch=True)
+            pl_module.log("val/kid", result["kid_mean"], on_step=False, on_epoch=True, sync_dist=True)
         improved = result["fid"] < self.best_fid
         if improved:
             self.best_fid, self.best_epoch = result["fid"], epoch
-        pl_module.log("val/fid_best", self.best_fid, on_step=False, on_epoch=True)
+        pl_module.log("val/fid_best", self.best_fid, on_step=False, on_epoch=True, sync_dist=True)
         if trainer.is_global_zero:
             record = {
                 "epoch": epoch,
@@ -182,7 +187,7 @@ class FIDCallback(L.Callback):
             self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
             with self.metrics_file.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            rank_zero_info(
+            log.info(
                 f"Epoch {epoch}: FID {result['fid']:.2f} ({self.num_samples} generated vs {self.num_reference} "
                 f"{self.key.dataset} {self.key.split} images at {self.key.image_size}px, {seconds:.0f} s)"
                 + (" - new best" if improved else "")

@@ -11,7 +11,6 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan.callbacks import FIDCallback
@@ -104,15 +103,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path is not None:
         check_resumable(ckpt_path, dict(model.hparams), trainer.max_epochs)
     output_dir = Path(cfg.paths.output_dir)
-    rank_zero_info(f"Run directory: {output_dir.resolve()}")
+    if trainer.is_global_zero:
+        log.info("Run directory: %s", output_dir.resolve())
     for logger in trainer.loggers:
         logger.log_hyperparams(hyperparameters(cfg))
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     last = output_dir / "checkpoints" / "last.ckpt"
-    rank_zero_info(
-        f"Done: {trainer.current_epoch} epochs, {trainer.fit_loop.total_batch_idx + 1} batches. "
-        f"Last checkpoint: {last}. Samples: {output_dir / 'samples'}. "
-        f"TensorBoard: tensorboard --logdir {output_dir}"
-    )
+    if trainer.is_global_zero:
+        log.info(
+            f"Done: {trainer.current_epoch} epochs, {trainer.fit_loop.total_batch_idx + 1} batches. "
+            f"Last checkpoint: {last}. Samples: {output_dir / 'samples'}. "
+            f"TensorBoard: tensorboard --logdir {output_dir}"
+        )
     return metrics

@@ -64,11 +64,11 @@ def data_dir() -> Path:
 def compose_cfg(tmp_path: Path, data_dir: Path) -> Callable[..., DictConfig]:
     """Compose conf/train.yaml with overrides, as train.py would, writing into tmp_path."""
 
-    def _compose(*overrides: str) -> DictConfig:
+    def _compose(*overrides: str, run: str = "run") -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             return compose(
                 "train",
-                overrides=[f"paths.output_dir={tmp_path / 'run'}", f"paths.data_dir={data_dir}", *overrides],
+                overrides=[f"paths.output_dir={tmp_path / run}", f"paths.data_dir={data_dir}", *overrides],
             )
 
     return _compose

@@ -133,15 +133,34 @@ def test_bad_values_fail_before_any_work(compose_cfg: Callable[..., DictConfig],
 def test_train_with_the_same_seed_gives_the_same_losses(compose_cfg: Callable[..., DictConfig]) -> None:
     from dcgan.train import train
 
-    def losses(seed: int) -> dict[str, float]:
+    def losses(seed: int, run: str) -> dict[str, float]:
         metrics = train(
             compose_cfg(
-                "experiment=smoke", "logger=csv", f"seed={seed}", "eval.fid=false", "+trainer.enable_progress_bar=false"
+                "experiment=smoke",
+                "logger=csv",
+                f"seed={seed}",
+                "eval.fid=false",
+                "+trainer.enable_progress_bar=false",
+                run=run,
             )
         )
         return {k: v for k, v in metrics.items() if k.startswith("train/")}
 
-    first = losses(7)
+    first = losses(7, "a")
     assert set(first) == {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"}
-    assert losses(7) == first
-    assert losses(8) != first
+    assert losses(7, "b") == first
+    assert losses(8, "c") != first
+
+
+def test_fid_evaluation_does_not_change_training(compose_cfg: Callable[..., DictConfig], fid_weights: Path) -> None:
+    """Evaluating FID (and KID) between epochs leaves the training run's random numbers alone."""
+    from dcgan.train import train
+
+    def losses(run: str, *fid: str) -> dict[str, float]:
+        cfg = compose_cfg(
+            "experiment=smoke", "logger=csv", "seed=3", *fid, "+trainer.enable_progress_bar=false", run=run
+        )
+        return {k: v for k, v in train(cfg).items() if k.startswith("train/")}
+
+    without = losses("a", "eval.fid=false")
+    assert losses("b", "eval.fid=true", "eval.kid=true") == without
