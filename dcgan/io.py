@@ -1,12 +1,17 @@
-"""File writing that never leaves a half-written file behind."""
+"""File writing that never leaves a half-written file behind: PNGs, GIFs, npz, folders."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import shutil
+import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import TracebackType
 
+import numpy as np
+from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
@@ -35,3 +40,86 @@ def save_grid(images: Tensor, path: str | Path, nrow: int) -> Path:
     with atomic_path(path) as tmp:
         save_image(image_grid(images, nrow), tmp, format="png")
     return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; when the block finishes, it replaces ``path``
+    (and whatever an earlier run left there) in one rename. A crash or Ctrl-C mid-way leaves
+    the previous ``path`` untouched and no half-filled folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    old = path.with_name(f".{path.name}.old{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def to_pil(image: Tensor) -> Image.Image:
+    """One uint8 image (C, H, W), C = 1 or 3 -> a PIL image (mode L or RGB)."""
+    array = image.permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+
+
+def grid_image(images: Tensor, nrow: int) -> Image.Image:
+    """uint8 images (N, C, S, S) -> one PIL grid, 2 px black padding, as ``save_grid`` lays out."""
+    grid = make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=0)  # (3, H, W): C = 1 is repeated
+    return to_pil(grid if images.shape[1] == 3 else grid[:1])
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="png")
+    return Path(path)
+
+
+def save_gif(frames: Sequence[Image.Image], path: str | Path, frame_ms: int, scale: int = 1) -> Path:
+    """An animated GIF that loops forever, ``frame_ms`` per frame, each frame upscaled ``scale``
+    times (nearest neighbour: small images stay sharp)."""
+    if scale > 1:
+        frames = [f.resize((f.width * scale, f.height * scale), Image.Resampling.NEAREST) for f in frames]
+    with atomic_path(path) as tmp:
+        frames[0].save(tmp, format="gif", save_all=True, append_images=list(frames[1:]), duration=frame_ms, loop=0)
+    return Path(path)
+
+
+class NpzWriter:
+    """Streams uint8 images into an ``.npz`` holding one array ``arr_0`` (N, H, W, C), written
+    batch by batch so N = 50,000 never sits in memory; the layout of ``np.savez(path, images)``
+    that FID tools read. The file appears only when all N images have been written."""
+
+    def __init__(self, path: str | Path, shape: tuple[int, int, int, int]) -> None:
+        self.path, self.shape, self.written = Path(path), shape, 0
+        self._atomic = atomic_path(self.path)
+
+    def __enter__(self) -> NpzWriter:
+        tmp = self._atomic.__enter__()
+        self._zip = zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        self._file = self._zip.open("arr_0.npy", "w", force_zip64=True)
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(self._file, header | {"shape": self.shape})
+        return self
+
+    def write(self, images: Tensor) -> None:
+        """uint8 images (B, C, H, W)."""
+        self._file.write(images.permute(0, 2, 3, 1).contiguous().cpu().numpy().tobytes())
+        self.written += len(images)
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._file.close()
+        self._zip.close()
+        if exc_type is None and self.written != self.shape[0]:
+            exc = RuntimeError(f"{self.path}: {self.written} images written, {self.shape[0]} announced")
+            self._atomic.__exit__(type(exc), exc, None)
+            raise exc
+        self._atomic.__exit__(exc_type, exc, tb)

@@ -1,17 +1,38 @@
-"""Load a trained generator from a checkpoint and draw images from it."""
+"""Latents and images from a trained generator: loading, seeded latents, interpolation paths.
+
+Pure tensor functions; writing files is ``dcgan.generate``'s job.
+"""
 
 from __future__ import annotations
 
-import math
+import hashlib
+import itertools
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from dcgan.checkpoints import read_checkpoint, resolve_checkpoint
+from dcgan.data import to_uint8
 from dcgan.errors import UserInputError
-from dcgan.io import save_grid
 from dcgan.module import DCGAN
+
+
+def resolve_device(device: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:<i>``, ``mps`` or ``auto`` (a GPU if there is one), checked."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserInputError(f"device={device!r} is not a device; use cpu, cuda, cuda:<index>, mps or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"device={device} was asked for, but PyTorch sees no CUDA GPU; use device=cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserInputError(f"device={device}: there are only {torch.cuda.device_count()} CUDA devices")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserInputError("device=mps was asked for, but MPS is not available here; use device=cpu")
+    return dev
 
 
 def load_generator_module(path: str | Path, device: str | torch.device = "cpu") -> DCGAN:
@@ -21,18 +42,95 @@ def load_generator_module(path: str | Path, device: str | torch.device = "cpu") 
     return DCGAN.load_from_checkpoint(ckpt, map_location=device, weights_only=True).eval()
 
 
-def latents(n: int, latent_dim: int, seed: int) -> Tensor:
-    """``n`` latents (n, latent_dim) ~ N(0, I) from ``seed``, drawn on the CPU so they are the
-    same on every device."""
-    return torch.randn(n, latent_dim, generator=torch.Generator().manual_seed(seed))
+def _latent_seed(seed: int, index: int) -> int:
+    digest = hashlib.blake2b(f"dcgan-latent/{seed}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def write_grid(
-    checkpoint: str | Path, out: str | Path, num_images: int, seed: int, nrow: int | None, device: str
-) -> Path:
-    """Generate ``num_images`` images from ``seed`` and save them as one PNG grid at ``out``."""
-    if num_images < 1:
-        raise UserInputError(f"num_images={num_images} must be >= 1")
-    model = load_generator_module(checkpoint, device)
-    images = model.generate(latents(num_images, model.hparams.latent_dim, seed))
-    return save_grid(images, out, nrow or math.ceil(math.sqrt(num_images)))
+def latents(n: int, latent_dim: int, seed: int, start: int = 0) -> Tensor:
+    """Latents ``start .. start + n - 1`` of ``seed``: (n, latent_dim) ~ N(0, I).
+
+    Latent *i* of seed *s* comes from its own generator seeded by (s, i), so it is the same
+    whatever ``n``, ``start`` or batch size asked for it: sample 7 of a 64-image grid is sample
+    7 of 50,000 samples, and a seed's first latent is the endpoint an interpolation uses. Drawn
+    on the CPU, so they are the same on every device.
+    """
+    if n < 0 or start < 0:
+        raise ValueError(f"n={n} and start={start} must be >= 0")
+    out = torch.empty(n, latent_dim)
+    gen = torch.Generator()
+    for row, index in enumerate(range(start, start + n)):
+        gen.manual_seed(_latent_seed(seed, index))
+        out[row] = torch.randn(latent_dim, generator=gen)
+    return out
+
+
+def generate_uint8(model: DCGAN, z: Tensor, batch_size: int) -> Tensor:
+    """Latents (N, latent_dim) -> uint8 images (N, C, S, S) on the CPU, G in eval mode."""
+    return to_uint8(model.generate(z, batch_size=batch_size)).cpu()
+
+
+# --------------------------------------------------------------------------------------------
+# paths through latent space
+
+
+def lerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
+    """Straight line: (D,), (D,), (T,) -> (T, D)."""
+    t = t[:, None]
+    return (1 - t) * z0 + t * z1
+
+
+def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
+    """Great-circle interpolation (Shoemake 1985; White 2016 for GAN latents): keeps the norm
+    near that of Gaussian samples, where a straight line dips through the low-density middle.
+    (D,), (D,), (T,) -> (T, D); falls back to ``lerp`` for (anti)parallel endpoints."""
+    cos = torch.dot(z0 / z0.norm(), z1 / z1.norm()).clamp(-1.0, 1.0)
+    omega = torch.arccos(cos)
+    if torch.sin(omega).abs() < 1e-6:
+        return lerp(z0, z1, t)
+    t = t[:, None]
+    return (torch.sin((1 - t) * omega) * z0 + torch.sin(t * omega) * z1) / torch.sin(omega)
+
+
+INTERPOLATIONS = {"linear": lerp, "slerp": slerp}
+
+
+def interpolation_path(points: Tensor, steps: int, method: str, closed: bool = False) -> Tensor:
+    """Latents (P, D) -> (segments, steps, D): ``steps`` latents from each point to the next,
+    both ends included (and back from the last to the first if ``closed``). The ends are the
+    points themselves, bit for bit."""
+    if method not in INTERPOLATIONS:
+        raise UserInputError(f"interpolate.method={method!r} is not known; choose one of linear, slerp, both")
+    if steps < 2:
+        raise UserInputError(f"interpolate.steps={steps} must be >= 2 (both ends are included)")
+    ends = torch.cat([points, points[:1]]) if closed else points
+    t = torch.linspace(0.0, 1.0, steps)
+    rows = []
+    for a, b in itertools.pairwise(ends):
+        row = INTERPOLATIONS[method](a, b, t)
+        row[0], row[-1] = a, b
+        rows.append(row)
+    return torch.stack(rows)
+
+
+def vary_dimensions(z: Tensor, dims: list[int], value_range: float, steps: int) -> Tensor:
+    """One latent (D,) -> (len(dims), steps, D): row *r* sets dimension ``dims[r]`` to each of
+    ``steps`` values evenly spread over [-value_range, value_range], the others kept."""
+    values = torch.linspace(-value_range, value_range, steps)
+    out = z.repeat(len(dims), steps, 1)
+    for row, dim in enumerate(dims):
+        out[row, :, dim] = values
+    return out
+
+
+def random_walk(z: Tensor, steps: int, step_size: float, seed: int) -> Tensor:
+    """A random walk of ``steps`` latents (steps, D) starting at ``z``: each step adds Gaussian
+    noise of std ``step_size`` and rescales to ``z``'s norm, so the walk stays on the sphere
+    where Gaussian latents live instead of drifting outwards."""
+    gen = torch.Generator().manual_seed(_latent_seed(seed, -1))
+    radius = z.norm()
+    walk = [z]
+    for _ in range(steps - 1):
+        nxt = walk[-1] + step_size * torch.randn(z.shape, generator=gen)
+        walk.append(nxt * (radius / nxt.norm()))
+    return torch.stack(walk)

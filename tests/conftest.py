@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from tests.helpers import CONF, REPO, write_image_tree
+from tests.helpers import CONF, REPO, check, run_script, write_image_tree
 
 
 def _fid_weights() -> Path:
@@ -78,3 +78,11 @@ def compose_cfg(tmp_path: Path, data_dir: Path) -> Callable[..., DictConfig]:
 def image_tree(tmp_path: Path) -> tuple[Path, list[Path]]:
     root = tmp_path / "images"
     return root, write_image_tree(root)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, fid_weights: Path) -> Path:
+    """One `experiment=smoke` run: 2 epochs of 5 batches, FID of 32 images after each."""
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    check(run_script("train.py", "experiment=smoke", f"hydra.run.dir={run_dir}", env={"DCGAN_DATA_DIR": str(data_dir)}))
+    return run_dir

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,44 +14,17 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from dcgan.checkpoints import check_resumable, read_checkpoint
 from dcgan.errors import UserInputError
 from dcgan.module import DCGAN
-from tests.helpers import REPO
+from tests.helpers import check, run_script
 
 pytestmark = pytest.mark.slow
 
 LOSSES = ("train/d_loss", "train/g_loss", "train/d_real", "train/d_fake")
 
 
-def run_script(
-    script: str, *overrides: str, env: dict[str, str] | None = None, drop: tuple[str, ...] = ()
-) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k not in drop} | (env or {})
-    return subprocess.run(
-        [sys.executable, str(REPO / script), *overrides],
-        cwd=REPO,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def check(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
 def events(run_dir: Path) -> EventAccumulator:
     acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
     return acc
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, fid_weights: Path) -> Path:
-    """One `experiment=smoke` run: 2 epochs of 5 batches, FID of 32 images after each."""
-    run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    check(run_script("train.py", "experiment=smoke", f"hydra.run.dir={run_dir}", env={"DCGAN_DATA_DIR": str(data_dir)}))
-    return run_dir
 
 
 def test_run_writes_checkpoint_events_and_grids(smoke_run: Path) -> None:
@@ -150,10 +121,9 @@ def test_resume_continues_at_the_saved_step(smoke_run: Path, tmp_path: Path, dat
 
 
 def test_generate_writes_a_grid(smoke_run: Path, tmp_path: Path) -> None:
-    out = tmp_path / "grid.png"
-    result = check(run_script("generate.py", f"checkpoint={smoke_run}", f"out={out}", "num_images=9"))
-    assert str(out) in result.stdout
-    with Image.open(out) as grid:
+    result = check(run_script("generate.py", f"checkpoint={smoke_run}", f"out_dir={tmp_path}", "grid.num_images=9"))
+    assert result.stdout.splitlines() == [f"Wrote 1 file to {tmp_path}:", "  grid-best-seed0.png"]
+    with Image.open(tmp_path / "grid-best-seed0.png") as grid:
         assert grid.size == (3 * 28 + 4 * 2,) * 2
 
 
@@ -201,12 +171,16 @@ def test_folder_without_path(tmp_path: Path) -> None:
     assert "required setting(s) not given: dataset.path" in stderr
 
 
-def test_generate_with_a_bad_checkpoint(tmp_path: Path) -> None:
+def test_generate_with_bad_input(tmp_path: Path) -> None:
     (tmp_path / "notes.ckpt").write_text("not a checkpoint")
-    stderr = user_error(run_script("generate.py", f"checkpoint={tmp_path / 'notes.ckpt'}", f"out={tmp_path}/g.png"))
+    stderr = user_error(run_script("generate.py", f"checkpoint={tmp_path / 'notes.ckpt'}", f"out_dir={tmp_path}"))
     assert f"error: {tmp_path / 'notes.ckpt'} is not a readable checkpoint" in stderr
-    stderr = user_error(run_script("generate.py", f"checkpoint={tmp_path / 'nope.ckpt'}", f"out={tmp_path}/g.png"))
+    stderr = user_error(run_script("generate.py", f"checkpoint={tmp_path / 'nope.ckpt'}", f"out_dir={tmp_path}"))
     assert "does not exist" in stderr
+    stderr = user_error(run_script("generate.py", "mode=video", f"checkpoint={tmp_path}"))
+    assert "error: mode='video' is not known; choose one of grid, samples, interpolate, explore" in stderr
+    stderr = user_error(run_script("generate.py"))
+    assert "error: required setting(s) not given: checkpoint" in stderr
 
 
 def test_resume_refuses_other_network_settings_and_finished_runs(smoke_run: Path, tmp_path: Path) -> None:
