@@ -131,15 +131,19 @@ def plot_fid(records: list[dict[str, Any]], path: Path) -> Path:
     fig = Figure(figsize=(8, 4.5))
     ax = fig.subplots()
     ax.plot(epochs, fids, marker="o")
-    ax.annotate(f"best {fids[best]:.2f}", (epochs[best], fids[best]), textcoords="offset points", xytext=(0, 10))
+    ax.annotate(
+        f"best {fids[best]:.2f}", (epochs[best], fids[best]), textcoords="offset points", xytext=(0, 10), ha="center"
+    )
+    last = records[-1]
     ax.set(
         title=(
-            f"FID: {records[-1].get('num_samples', '?')} generated vs {records[-1].get('num_reference', '?')} "
+            f"FID: {last.get('num_samples', 0):,} generated vs {last.get('num_reference', 0):,} "
             f"{ref.get('dataset', '')} {ref.get('split', '')} images, {ref.get('image_size', '?')}px"
         ),
         xlabel="epoch",
         ylabel="FID (lower is better)",
     )
+    ax.margins(x=0.08, y=0.12)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 

@@ -307,3 +307,11 @@ def test_npz_writer_refuses_a_short_write(tmp_path: Path) -> None:
     ):
         w.write(torch.zeros(3, 1, 2, 2, dtype=torch.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_truncated_checkpoint_names_the_file(smoke_run: Path, tmp_path: Path) -> None:
+    data = (smoke_run / "checkpoints" / "last.ckpt").read_bytes()
+    truncated = tmp_path / "cut.ckpt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserInputError, match=f"{truncated} is not a readable checkpoint .* may be truncated"):
+        generate(compose_generate(f"checkpoint={truncated}", f"out_dir={tmp_path}"))
