@@ -4,12 +4,13 @@ import hydra
 from omegaconf import DictConfig
 
 from dcgan.cli import run_or_exit
-from dcgan.train import train
+from dcgan.train import objective, train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    run_or_exit(lambda: train(cfg))
+def main(cfg: DictConfig) -> float | None:
+    # The return value is what a Hydra sweeper (e.g. Optuna) minimizes.
+    return run_or_exit(lambda: objective(train(cfg)))
 
 
 if __name__ == "__main__":

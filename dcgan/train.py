@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan.callbacks import FIDCallback
 from dcgan.checkpoints import check_resumable
+from dcgan.cli import in_multirun
 from dcgan.errors import UserInputError
+from dcgan.io import atomic_path
 from dcgan.module import DCGAN, OptimizerFactory
 
 log = logging.getLogger(__name__)
@@ -96,13 +103,59 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     return container  # type: ignore[return-value]
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train a DCGAN as ``cfg`` says; return the final logged metrics as floats."""
+def hydra_job() -> dict[str, Any]:
+    """The experiment and command-line overrides of the running Hydra job ({} outside Hydra)."""
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    return {"experiment": hc.runtime.choices.get("experiment"), "overrides": list(hc.overrides.task)}
+
+
+def write_run_record(output_dir: Path, record: dict[str, Any]) -> Path:
+    """``<run dir>/metrics.json``: what a sweep summary reads. Written atomically."""
+    path = output_dir / "metrics.json"
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train a DCGAN as ``cfg`` says. Returns the run's record, also written to
+    ``<run dir>/metrics.json``: status, final and best FID, epochs, batches, wall time, the
+    overrides, and ``objective``, the value of ``cfg.optimized_metric`` that sweepers minimize.
+    A run that fails writes its record with ``status: failed`` and the error, then re-raises."""
+    output_dir = Path(cfg.paths.output_dir)
+    start = time.perf_counter()
+    base = {"run_dir": str(output_dir.resolve()), **hydra_job()}
+    try:
+        record = _train(cfg, output_dir)
+    except Exception as e:
+        if rank_zero_only.rank == 0:
+            failed = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+            write_run_record(output_dir, failed | base | {"wall_s": round(time.perf_counter() - start, 1)})
+        raise
+    record = {"status": "completed", **base, **record, "wall_s": round(time.perf_counter() - start, 1)}
+    if rank_zero_only.rank == 0:
+        write_run_record(output_dir, record)
+    return record
+
+
+def objective(record: dict[str, Any]) -> float:
+    """The number a sweeper minimizes: the run's ``optimized_metric``; +inf, the worst, when
+    the run did not log it (e.g. ``eval.fid=false``)."""
+    value = record.get("objective")
+    if value is None or math.isnan(value):
+        if in_multirun():
+            log.warning("optimized_metric %s was not logged; the sweeper gets +inf", record.get("optimized_metric"))
+        return math.inf
+    return float(value)
+
+
+def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     datamodule, model, trainer = build(cfg)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:
         check_resumable(ckpt_path, dict(model.hparams), trainer.max_epochs)
-    output_dir = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         log.info("Run directory: %s", output_dir.resolve())
     for logger in trainer.loggers:
@@ -116,4 +169,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
             f"Last checkpoint: {last}. Samples: {output_dir / 'samples'}. "
             f"TensorBoard: tensorboard --logdir {output_dir}"
         )
-    return metrics
+    fid = next((c for c in trainer.callbacks if isinstance(c, FIDCallback)), None)  # type: ignore[attr-defined]
+    record: dict[str, Any] = {
+        "epochs": trainer.current_epoch,
+        "batches": trainer.fit_loop.total_batch_idx + 1,
+        "fid": metrics.get("val/fid"),
+        "fid_best": fid.best_fid if fid is not None and math.isfinite(fid.best_fid) else None,
+        "best_epoch": fid.best_epoch if fid is not None and fid.best_epoch else None,
+        "fid_num_samples": getattr(fid, "num_samples", None),
+        "metrics": metrics,
+        "optimized_metric": cfg.get("optimized_metric"),
+    }
+    value = metrics.get(cfg.get("optimized_metric") or "")
+    record["objective"] = value if value is not None and math.isfinite(value) else None  # JSON has no NaN
+    return record

@@ -41,12 +41,16 @@ def write_image_tree(root: Path) -> list[Path]:
 
 
 def run_script(
-    script: str, *overrides: str, env: dict[str, str] | None = None, drop: tuple[str, ...] = ()
+    script: str,
+    *overrides: str,
+    env: dict[str, str] | None = None,
+    drop: tuple[str, ...] = (),
+    cwd: Path = REPO,
 ) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if k not in drop} | (env or {})
     return subprocess.run(
         [sys.executable, str(REPO / script), *overrides],
-        cwd=REPO,
+        cwd=cwd,
         env=environment,
         capture_output=True,
         text=True,

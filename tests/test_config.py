@@ -30,7 +30,10 @@ def test_groups_hold_the_documented_options() -> None:
     assert options("optimizer") == ["adam", "ttur"]
     assert options("trainer") == ["cpu", "default", "gpu"]
     assert options("logger") == ["csv", "tensorboard"]
-    assert options("experiment") == ["fashion128", "fashion28", "fashion64", "folder64", "mnist28", "smoke"]
+    assert options("experiment") == [
+        "fashion128", "fashion28", "fashion64", "folder64", "mnist28", "smoke", "sweep_mnist28"
+    ]  # fmt: skip
+    assert options("hparams_search") == ["optuna_fid"]
 
 
 @pytest.fixture
@@ -134,7 +137,7 @@ def test_train_with_the_same_seed_gives_the_same_losses(compose_cfg: Callable[..
     from dcgan.train import train
 
     def losses(seed: int, run: str) -> dict[str, float]:
-        metrics = train(
+        record = train(
             compose_cfg(
                 "experiment=smoke",
                 "logger=csv",
@@ -144,7 +147,7 @@ def test_train_with_the_same_seed_gives_the_same_losses(compose_cfg: Callable[..
                 run=run,
             )
         )
-        return {k: v for k, v in metrics.items() if k.startswith("train/")}
+        return {k: v for k, v in record["metrics"].items() if k.startswith("train/")}
 
     first = losses(7, "a")
     assert set(first) == {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"}
@@ -160,7 +163,8 @@ def test_fid_evaluation_does_not_change_training(compose_cfg: Callable[..., Dict
         cfg = compose_cfg(
             "experiment=smoke", "logger=csv", "seed=3", *fid, "+trainer.enable_progress_bar=false", run=run
         )
-        return {k: v for k, v in train(cfg).items() if k.startswith("train/")}
+        return {k: v for k, v in train(cfg)["metrics"].items() if k.startswith("train/")}
 
     without = losses("a", "eval.fid=false")
+    assert set(without) == {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"}
     assert losses("b", "eval.fid=true", "eval.kid=true") == without

@@ -1,0 +1,124 @@
+"""Hydra multirun sweeps: one folder and one metrics.json per job, failed jobs kept apart, and
+the summary table sorted by FID."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from dcgan.errors import UserInputError
+from dcgan.sweep import main as summary_main
+from dcgan.sweep import summarize
+from tests.helpers import CONF, check, run_script
+
+
+@pytest.mark.slow
+def test_two_job_sweep_with_fid(tmp_path: Path, data_dir: Path, fid_weights: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = check(
+        run_script(
+            "train.py", "-m", "experiment=smoke", "optimizer=adam,ttur", f"hydra.sweep.dir={sweep}",
+            env={"DCGAN_DATA_DIR": str(data_dir)},
+        )
+    )  # fmt: skip
+    assert "Launching 2 jobs locally" in result.stdout + result.stderr
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0_optimizer=adam", "1_optimizer=ttur"]  # named by their overrides
+    for job in jobs:
+        record = json.loads((sweep / job / "metrics.json").read_text())
+        assert record["status"] == "completed" and record["experiment"] == "smoke"
+        assert record["overrides"] == ["experiment=smoke", f"optimizer={job.split('=')[1]}"]
+        assert (record["epochs"], record["batches"]) == (2, 10)
+        assert 0 < record["fid_best"] <= record["fid"]
+        assert record["objective"] == pytest.approx(record["fid_best"])  # what a sweeper minimizes
+        assert record["best_epoch"] in (1, 2) and record["fid_num_samples"] == 32
+        assert any((sweep / job / "tensorboard").glob("events.out.tfevents.*"))
+    rows = summarize(sweep)
+    assert sorted(r["job"] for r in rows) == jobs
+    assert [r["fid_best"] for r in rows] == sorted(r["fid_best"] for r in rows)
+    assert summary_main([str(sweep)]) == 0
+    with (sweep / "summary.csv").open() as f:
+        assert [r["job"] for r in csv.DictReader(f)] == [r["job"] for r in rows]
+    assert (sweep / "summary.md").read_text().count("| completed |") == 2
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path, data_dir: Path) -> None:
+    # The default sweep folder, multirun/<experiment>/<date>_<time>, under the working directory.
+    check(
+        run_script(
+            "train.py", "-m", "experiment=smoke", "eval.fid=false", "optimizer.lr_d=-1,2e-4",
+            env={"DCGAN_DATA_DIR": str(data_dir)}, cwd=tmp_path,
+        )
+    )  # fmt: skip
+    [sweep] = (tmp_path / "multirun" / "smoke").iterdir()
+    rows = summarize(sweep)
+    assert [(r["job"], r["status"]) for r in rows] == [
+        ("1_eval.fid=False,optimizer.lr_d=0.0002", "completed"),
+        ("0_eval.fid=False,optimizer.lr_d=-1", "failed"),  # failed jobs last
+    ]
+    assert "Invalid learning rate: -1" in rows[1]["error"]
+    assert rows[0]["fid_best"] is None and rows[0]["epochs"] == 2
+
+
+def test_summary_of_jobs_without_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for num, override in enumerate(["model.g_width=8", "model.g_width=16"]):
+        (tmp_path / f"{num}_x" / ".hydra").mkdir(parents=True)
+        (tmp_path / f"{num}_x" / ".hydra" / "overrides.yaml").write_text(f"- {override}\n")
+    record = {"status": "completed", "fid_best": 12.5, "fid": 13.0, "best_epoch": 4, "epochs": 5, "wall_s": 60.0}
+    (tmp_path / "1_x" / "metrics.json").write_text(json.dumps(record))
+    rows = summarize(tmp_path)
+    assert [(r["job"], r["status"], r["overrides"]) for r in rows] == [
+        ("1_x", "completed", "model.g_width=16"),
+        ("0_x", "no result", "model.g_width=8"),  # killed, or still running
+    ]
+    assert summary_main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| 1_x | completed | 12.50 | 4 | 13.00 | 5 | 60.00 | model.g_width=16 |  |" in out
+    assert "2 jobs, 1 failed or unfinished" in out
+
+
+def test_summary_of_a_folder_that_is_not_a_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(UserInputError, match="holds no job folders"):
+        summarize(tmp_path)
+    assert summary_main([str(tmp_path / "nope")]) == 2
+    assert "error: sweep folder" in capsys.readouterr().err
+
+
+def test_ready_sweep_experiment_composes(compose_cfg: Callable[..., DictConfig]) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=sweep_mnist28"], return_hydra_config=True)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert dict(cfg.hydra.sweeper.params) == {"optimizer": "adam,ttur", "dataset.batch_size": "64,128"}
+    assert cfg.trainer.max_epochs == 5 and cfg.dataset.name == "mnist"
+
+
+@pytest.mark.slow
+def test_optuna_search_of_two_trials(tmp_path: Path, data_dir: Path, fid_weights: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the sweep extra")
+    sweep = tmp_path / "optuna"
+    check(
+        run_script(
+            "train.py", "hparams_search=optuna_fid", "experiment=smoke", "hydra.sweeper.n_trials=2",
+            "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}", env={"DCGAN_DATA_DIR": str(data_dir)},
+        )
+    )  # fmt: skip
+    rows = summarize(sweep)
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert results.best_value == pytest.approx(rows[0]["fid_best"])  # the lowest of the two trials
+    assert set(results.best_params) == {
+        "optimizer.lr_g", "optimizer.lr_d", "optimizer.beta1", "optimizer.beta2", "model.real_label"
+    }  # fmt: skip
+    # The seeded sampler: the trial's parameters are the ones its job ran with.
+    best_job = sweep / rows[0]["job"]
+    assert (
+        f"optimizer.lr_g={results.best_params['optimizer.lr_g']}"
+        in (best_job / ".hydra" / "overrides.yaml").read_text()
+    )
