@@ -166,6 +166,10 @@ class FIDCallback(L.Callback):
         start = time.perf_counter()
         result = self.scorer.score(pl_module.generate, self.latents)
         seconds = time.perf_counter() - start
+        if trainer.world_size > 1:
+            # Every rank computes the same FID from all ranks' features; this line, in each
+            # process's log, shows it.
+            log.info("Epoch %d: rank %d of %d: FID %.6f", epoch, trainer.global_rank, trainer.world_size, result["fid"])
         pl_module.log("val/fid", result["fid"], on_step=False, on_epoch=True, sync_dist=True)
         if "kid_mean" in result:
             pl_module.log("val/kid", result["kid_mean"], on_step=False, on_epoch=True, sync_dist=True)

@@ -92,6 +92,12 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, DCGAN, L.Trainer]:
         callbacks.append(fid_callback(cfg))
     loggers = [instantiate_node(cfg.logger, "logger")] if cfg.get("logger") else []
     trainer: L.Trainer = instantiate_node(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers)
+    if trainer.world_size > 1 and in_multirun():
+        raise UserInputError(
+            f"a Hydra multirun (-m) cannot train with {trainer.world_size} processes: Lightning starts the extra "
+            "processes by re-running train.py, which a sweep job cannot share. Run each setting as its own "
+            "single run (without -m), or sweep on one device per job"
+        )
     return datamodule, model, trainer
 
 
@@ -162,6 +168,10 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         logger.log_hyperparams(hyperparameters(cfg))
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if trainer.world_size > 1:
+        # DDP averages G's and D's gradients, so every replica ends with the same weights.
+        checksum = sum(float(p.double().sum()) for p in model.parameters())
+        log.info("rank %d of %d: weight checksum %.10e", trainer.global_rank, trainer.world_size, checksum)
     last = output_dir / "checkpoints" / "last.ckpt"
     if trainer.is_global_zero:
         log.info(

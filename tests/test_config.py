@@ -28,7 +28,7 @@ def test_groups_hold_the_documented_options() -> None:
     assert options("dataset") == ["fashion_mnist", "folder", "mnist"]
     assert options("model") == ["dcgan128", "dcgan28", "dcgan64"]
     assert options("optimizer") == ["adam", "ttur"]
-    assert options("trainer") == ["cpu", "default", "gpu"]
+    assert options("trainer") == ["cpu", "ddp", "ddp_cpu", "default", "gpu"]
     assert options("logger") == ["csv", "tensorboard"]
     assert options("experiment") == [
         "fashion128", "fashion28", "fashion64", "folder64", "mnist28", "smoke", "sweep_mnist28"
@@ -82,7 +82,9 @@ def test_optimizer_sweep_keys_reach_both_networks(compose_cfg: Callable[..., Dic
 @pytest.mark.parametrize("option", options("trainer"))
 def test_trainer_options(compose_cfg: Callable[..., DictConfig], option: str) -> None:
     cfg = compose_cfg(f"trainer={option}")
-    if option == "gpu" and not torch.cuda.is_available():
+    if option.startswith("ddp"):
+        assert cfg.trainer.strategy == "ddp_find_unused_parameters_true" and cfg.trainer.devices == 2
+    if option in ("gpu", "ddp") and not torch.cuda.is_available():
         assert cfg.trainer.accelerator == "gpu"
         return
     trainer = instantiate(cfg.trainer, logger=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -245,3 +246,48 @@ def test_corrupt_fid_weights(tmp_path: Path) -> None:
         run_script("train.py", "experiment=smoke", f"eval.weights={tmp_path / 'w.pth'}", f"hydra.run.dir={tmp_path}/r")
     )
     assert f"error: FID weights file {tmp_path / 'w.pth'} is corrupt" in stderr
+
+
+def test_ddp_on_two_cpu_processes(tmp_path: Path, data_dir: Path, fid_weights: Path) -> None:
+    """trainer=ddp_cpu: 2 gloo processes, one run directory, outputs from rank 0, the same
+    FID and the same final weights on both ranks."""
+    run = tmp_path / "run"
+    check(
+        run_script(
+            "train.py",
+            "experiment=smoke",
+            "trainer=ddp_cpu",
+            f"hydra.run.dir={run}",
+            env={"DCGAN_DATA_DIR": str(data_dir)},
+        )
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # Lightning's re-launched process shares it
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch_0001.png", "epoch_0002.png"]
+    assert len((run / "fid.jsonl").read_text().splitlines()) == 2  # written once, by rank 0
+    logs = [(run / "train.log").read_text(), (run / "train_ddp_process_1.log").read_text()]
+    fids = [re.findall(rf"Epoch (\d): rank {rank} of 2: FID (\S+)", text) for rank, text in enumerate(logs)]
+    assert len(fids[0]) == 2 and fids[0] == fids[1]
+    sums = [re.findall(rf"rank {rank} of 2: weight checksum (\S+)", text) for rank, text in enumerate(logs)]
+    assert len(sums[0]) == 1 and sums[0] == sums[1]  # gradients were averaged across the ranks
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["status"] == "completed" and record["batches"] == 10  # 5 per epoch on each rank
+    assert (
+        read_checkpoint(run / "checkpoints" / "last.ckpt")["loops"]["fit_loop"]["epoch_progress"]["current"][
+            "processed"
+        ]
+        == 2
+    )
+
+
+def test_ddp_in_a_multirun_is_refused(tmp_path: Path, data_dir: Path) -> None:
+    check(
+        run_script(
+            "train.py", "-m", "experiment=smoke", "trainer=ddp_cpu", "eval.fid=false", f"hydra.sweep.dir={tmp_path}",
+            env={"DCGAN_DATA_DIR": str(data_dir)},
+        )
+    )  # fmt: skip
+    [job] = [p for p in tmp_path.iterdir() if p.is_dir()]
+    record = json.loads((job / "metrics.json").read_text())
+    assert record["status"] == "failed"
+    assert "a Hydra multirun (-m) cannot train with 2 processes" in record["error"]
