@@ -92,11 +92,13 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, DCGAN, L.Trainer]:
         callbacks.append(fid_callback(cfg))
     loggers = [instantiate_node(cfg.logger, "logger")] if cfg.get("logger") else []
     trainer: L.Trainer = instantiate_node(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers)
-    if trainer.world_size > 1 and in_multirun():
+    launched_here = not trainer.strategy.cluster_environment.creates_processes_externally  # type: ignore[attr-defined]
+    if trainer.world_size > 1 and launched_here and in_multirun():
         raise UserInputError(
-            f"a Hydra multirun (-m) cannot train with {trainer.world_size} processes: Lightning starts the extra "
-            "processes by re-running train.py, which a sweep job cannot share. Run each setting as its own "
-            "single run (without -m), or sweep on one device per job"
+            f"a Hydra multirun (-m) cannot train with {trainer.world_size} processes on this machine: Lightning "
+            "starts the extra processes by re-running train.py, which a sweep job cannot share. Run each "
+            "setting as its own single run (without -m), sweep on one device per job, or submit the sweep "
+            "to SLURM (hydra/launcher=slurm), where SLURM starts the processes"
         )
     return datamodule, model, trainer
 

@@ -122,3 +122,16 @@ def test_optuna_search_of_two_trials(tmp_path: Path, data_dir: Path, fid_weights
         f"optimizer.lr_g={results.best_params['optimizer.lr_g']}"
         in (best_job / ".hydra" / "overrides.yaml").read_text()
     )
+
+
+def test_slurm_launcher_config_composes() -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the slurm extra")
+    overrides = ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    # One SLURM task per GPU on each node: what Lightning's SLURM environment expects.
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    result = check(run_script("train.py", *overrides, "--cfg", "hydra"))
+    assert "SlurmLauncher" in result.stdout
