@@ -92,8 +92,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, DCGAN, L.Trainer]:
         callbacks.append(fid_callback(cfg))
     loggers = [instantiate_node(cfg.logger, "logger")] if cfg.get("logger") else []
     trainer: L.Trainer = instantiate_node(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers)
-    launched_here = not trainer.strategy.cluster_environment.creates_processes_externally  # type: ignore[attr-defined]
-    if trainer.world_size > 1 and launched_here and in_multirun():
+    if trainer.world_size > 1 and in_multirun() and not _processes_started_externally(trainer):
         raise UserInputError(
             f"a Hydra multirun (-m) cannot train with {trainer.world_size} processes on this machine: Lightning "
             "starts the extra processes by re-running train.py, which a sweep job cannot share. Run each "
@@ -101,6 +100,12 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, DCGAN, L.Trainer]:
             "to SLURM (hydra/launcher=slurm), where SLURM starts the processes"
         )
     return datamodule, model, trainer
+
+
+def _processes_started_externally(trainer: L.Trainer) -> bool:
+    """Whether torchrun, SLURM or the like started the processes (Lightning then starts none)."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    return bool(environment is not None and environment.creates_processes_externally)
 
 
 def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
