@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from typing import TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from dcgan.errors import UserInputError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def run_name() -> str:
+    """The name of a run's folder (conf/train.yaml): its start time, or under torchrun, whose
+    processes each run Hydra and could start in different seconds, ``torchrun-<rendezvous
+    id>``, the same in every process of the job."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id:
+        return f"torchrun-{run_id}"
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+if not OmegaConf.has_resolver("dcgan.run_name"):
+    OmegaConf.register_new_resolver("dcgan.run_name", run_name, use_cache=True)
 
 
 def in_multirun() -> bool:

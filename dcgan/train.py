@@ -177,7 +177,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.world_size > 1:
         # DDP averages G's and D's gradients, so every replica ends with the same weights.
-        checksum = sum(float(p.double().sum()) for p in model.parameters())
+        checksum = sum(float(p.detach().double().sum()) for p in model.parameters())
         log.info("rank %d of %d: weight checksum %.10e", trainer.global_rank, trainer.world_size, checksum)
     last = output_dir / "checkpoints" / "last.ckpt"
     if trainer.is_global_zero:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from dcgan.checkpoints import check_resumable, read_checkpoint
 from dcgan.errors import UserInputError
 from dcgan.module import DCGAN
-from tests.helpers import check, run_script
+from tests.helpers import REPO, check, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -291,3 +293,24 @@ def test_ddp_in_a_multirun_is_refused(tmp_path: Path, data_dir: Path) -> None:
     record = json.loads((job / "metrics.json").read_text())
     assert record["status"] == "failed"
     assert "a Hydra multirun (-m) cannot train with 2 processes" in record["error"]
+
+
+def test_torchrun_two_processes_share_one_run_directory(tmp_path: Path, data_dir: Path, fid_weights: Path) -> None:
+    """torchrun starts both processes, each running Hydra: they must agree on one run folder
+    (the default one, named by the rendezvous id) and on the FID and the weights."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCHELASTIC_RUN_ID"} | {"DCGAN_DATA_DIR": str(data_dir)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run(
+        [*command, str(REPO / "train.py"), "experiment=smoke", "trainer=ddp_cpu"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    check(result)
+    [run] = (tmp_path / "outputs" / "smoke").iterdir()
+    assert run.name.startswith("torchrun-")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    log = (run / "train.log").read_text()  # both processes append to it
+    fids = [re.findall(rf"Epoch (\d): rank {rank} of 2: FID (\S+)", log) for rank in (0, 1)]
+    assert len(fids[0]) == 2 and fids[0] == fids[1]
+    sums = [re.findall(rf"rank {rank} of 2: weight checksum (\S+)", log) for rank in (0, 1)]
+    assert len(sums[0]) == 1 and sums[0] == sums[1]
+    assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
