@@ -40,6 +40,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def run_dir_of(source: str | Path) -> Path:
+    """The run directory of a checkpoint file (``<run>/checkpoints/x.ckpt``; a file elsewhere:
+    its folder), or the folder itself."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if not path.exists():
+        raise UserInputError(f"checkpoint={source} does not exist; give a run directory or a .ckpt file")
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint written by train.py onto the CPU, tensors and plain values only
     (``weights_only``: no pickled code runs)."""

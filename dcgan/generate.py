@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from dcgan.checkpoints import resolve_checkpoint
+from dcgan.checkpoints import resolve_checkpoint, run_dir_of
 from dcgan.errors import UserInputError
 from dcgan.io import NpzWriter, atomic_dir, grid_image, save_gif, save_png, to_pil
 from dcgan.metrics import score_checkpoint
@@ -39,16 +39,6 @@ log = logging.getLogger(__name__)
 MODES: tuple[str, ...] = ("grid", "samples", "interpolate", "explore", "progress", "report", "fid")
 # GIF frames of single images are scaled up to about this many pixels (nearest neighbour).
 GIF_TARGET_PX = 128
-
-
-def run_dir_of(source: str | Path) -> Path:
-    """The run directory of a checkpoint file (``<run>/checkpoints/x.ckpt``), or the folder itself."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if not path.exists():
-        raise UserInputError(f"checkpoint={source} does not exist; give a run directory or a .ckpt file")
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
 def _int(value: object, name: str, minimum: int) -> int:

@@ -13,7 +13,9 @@ from types import TracebackType
 import numpy as np
 from PIL import Image
 from torch import Tensor
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
+
+from dcgan.data import to_uint8
 
 
 @contextlib.contextmanager
@@ -36,10 +38,9 @@ def image_grid(images: Tensor, nrow: int) -> Tensor:
 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int) -> Path:
-    """Save images (N, C, S, S) in [-1, 1] as one PNG grid, atomically."""
-    with atomic_path(path) as tmp:
-        save_image(image_grid(images, nrow), tmp, format="png")
-    return Path(path)
+    """Save images (N, C, S, S) in [-1, 1] as one PNG grid, atomically, pixels rounded as
+    everywhere else (``to_uint8``)."""
+    return save_png(grid_image(to_uint8(images.detach()), nrow), path)
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Subset
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from dcgan.checkpoints import epochs_trained, read_checkpoint, resolve_checkpoint
+from dcgan.checkpoints import epochs_trained, read_checkpoint, resolve_checkpoint, run_dir_of
 from dcgan.data import ImageDataModule, find_images, to_uint8
 from dcgan.errors import UserInputError
 from dcgan.io import atomic_path
@@ -364,8 +364,7 @@ def score_checkpoint(
     scorer = FIDScorer(extractor, features, len(features), num_samples, kid=kid)
     result = scorer.score(model.generate, latents(num_samples, model.hparams.latent_dim, seed))
     if out is None:
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        out = run_dir / "eval" / f"fid-{path.stem}-n{num_samples}-{key.split}.json"
+        out = run_dir_of(path) / "eval" / f"fid-{path.stem}-n{num_samples}-{key.split}.json"
     record = {
         "checkpoint": str(path.resolve()),
         "epochs_trained": epochs_trained(meta),
