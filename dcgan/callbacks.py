@@ -1,4 +1,4 @@
-"""Training callbacks: sample grids from the fixed noise, epoch timing, FID and best.ckpt."""
+"""Training callbacks: last.ckpt, sample grids from the fixed noise, epoch timing, FID and best.ckpt."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -30,6 +31,34 @@ from dcgan.sampling import latents
 
 # Hydra sends this logger to the console and the run's train.log.
 log = logging.getLogger(__name__)
+
+
+class LastCheckpoint(Checkpoint):
+    """``<dirpath>/last.ckpt``: the whole training state after every ``every_n_epochs``-th
+    epoch and after the last one; what ``resume=`` continues from. Written atomically by
+    ``AtomicCheckpointIO``, so a crash during the write leaves the previous one whole.
+
+    Lightning's ``ModelCheckpoint(save_top_k=0, save_last=True)`` writes ``last.ckpt`` only
+    when training ends, so a run killed at epoch 19 of 20 would have lost all of it. As a
+    ``Checkpoint``, Lightning runs this after the other callbacks: the epoch's FID and best
+    FID are in the file.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_epochs: int = 1) -> None:
+        if every_n_epochs < 1:
+            raise UserInputError(f"callbacks.checkpoint.every_n_epochs={every_n_epochs} must be >= 1")
+        self.path = Path(dirpath) / "last.ckpt"
+        self.every_n_epochs = every_n_epochs
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1  # epochs completed
+        if epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs:
+            # Under DDP, Lightning syncs the epoch's sync_dist metrics when they are first
+            # read, and rank 0's progress bar has read them already: reading them here makes
+            # the other ranks sync too, before the save's barrier, so the ranks' collective
+            # calls pair up (ModelCheckpoint does the same).
+            _ = trainer.callback_metrics
+            trainer.save_checkpoint(self.path)  # every rank calls it; rank 0 writes
 
 
 class SampleGrid(L.Callback):
@@ -60,7 +89,11 @@ class SampleGrid(L.Callback):
 
 
 class EpochTimer(L.Callback):
-    """Logs each training epoch's wall time (``time/epoch_s``) and images per second."""
+    """Logs each training epoch's wall time (``time/epoch_s``) and images per second. (An
+    epoch resumed mid-way is timed from the resume.)"""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.on_train_epoch_start(trainer, pl_module)  # a mid-epoch resume starts no epoch
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()

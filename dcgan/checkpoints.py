@@ -78,6 +78,15 @@ def epochs_trained(ckpt: dict[str, Any]) -> int:
 def check_resumable(path: str | Path, hparams: dict[str, Any], max_epochs: int | None) -> None:
     """Refuse to resume from ``path`` into a model with other tensor shapes, or when the
     checkpoint has already trained ``max_epochs`` epochs."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserInputError(
+            f"ckpt_path={path} is a folder; give a .ckpt file, or continue that run with resume={path}"
+        )
+    if not path.is_file():
+        raise UserInputError(
+            f"ckpt_path={path} does not exist; give a .ckpt file (e.g. <run dir>/checkpoints/last.ckpt)"
+        )
     ckpt = read_checkpoint(path)
     saved = ckpt["hyper_parameters"]
     mismatches = [

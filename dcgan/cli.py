@@ -6,15 +6,19 @@ import logging
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from datetime import datetime
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from dcgan.errors import UserInputError
+from dcgan.errors import ReportedError, TrainingInterrupted, UserInputError
+from dcgan.resume import resume_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +35,21 @@ def run_name() -> str:
     return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
 
-if not OmegaConf.has_resolver("dcgan.run_name"):
-    OmegaConf.register_new_resolver("dcgan.run_name", run_name, use_cache=True)
+def run_dir(resume: str | None, new_run_dir: str) -> str:
+    """The run directory (conf/train.yaml ``hydra.run.dir``): that of ``resume=`` when given,
+    so a resumed run goes on in its own folder, else ``new_run_dir``."""
+    return new_run_dir if resume is None else str(resume_run_dir(resume))
+
+
+def hydra_subdir(resume: str | None) -> str:
+    """Where Hydra saves the job's config: ``.hydra``, or for a resume ``.hydra/resumed-<time>``,
+    so the run's own ``.hydra/config.yaml``, which the resume reads, is not overwritten."""
+    return ".hydra" if resume is None else f".hydra/resumed-{datetime.now():%Y-%m-%d_%H-%M-%S}"
+
+
+for _name, _fn in (("dcgan.run_name", run_name), ("dcgan.run_dir", run_dir), ("dcgan.hydra_subdir", hydra_subdir)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn, use_cache=True)
 
 
 def in_multirun() -> bool:
@@ -40,23 +57,68 @@ def in_multirun() -> bool:
 
 
 def run_or_exit(fn: Callable[[], T]) -> T | float:
-    """Run ``fn``; on ``UserInputError`` print ``error: <message>`` to stderr and exit 2.
+    """Run ``fn``; on a ``ReportedError`` print ``<label>: <message>`` to stderr and exit with
+    its code (2 for bad input, 128 + signal for an interruption, 1 otherwise).
 
     In a Hydra multirun a failing job must not end the sweep: its error (with the traceback
     for unexpected ones) goes to the job's log and it returns +inf, the worst value for a
     sweeper that minimizes (Optuna's sweeper cannot take NaN); its metrics.json, and so the
-    sweep summary, mark it failed.
+    sweep summary, mark it failed. An interruption (Ctrl-C, SIGTERM) ends the sweep too.
     """
     try:
         return fn()
-    except UserInputError as e:
+    except TrainingInterrupted as e:
+        print(f"{e.label}: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    except ReportedError as e:
         if in_multirun():
             log.error("job %d failed: %s", HydraConfig.get().job.num, e)
             return math.inf
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        print(f"{e.label}: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
     except Exception:
         if in_multirun():
             log.exception("job %d failed", HydraConfig.get().job.num)
             return math.inf
         raise
+
+
+class CheckOutputDir(Callback):
+    """A Hydra callback: make sure the run (or sweep) directory can be created and written
+    before Hydra creates it, so a typo'd or read-only path, or a bad ``resume=``, ends in one
+    ``error:`` line (exit 2) rather than a traceback from inside Hydra."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: DictConfig, key: str) -> None:
+        # The hydra: resolver needs the Hydra config set; Hydra sets it again itself next.
+        HydraConfig.instance().set_config(config)
+        try:
+            path = Path(str(OmegaConf.select(config, key, throw_on_resolution_failure=True)))
+            check_writable_dir(path, f"{key}={path}")
+        except Exception as e:
+            cause: BaseException | None = e  # a resolver's error comes wrapped by OmegaConf
+            while cause is not None and not isinstance(cause, UserInputError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            print(f"error: {cause}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+
+def check_writable_dir(path: Path, what: str) -> None:
+    """Create ``path`` if needed and check that a file can be written in it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UserInputError(
+            f"cannot write to {what}: {e.strerror or e}; choose a writable folder (hydra.run.dir=<folder>, or "
+            "run from a folder where outputs/ can be created)"
+        ) from e

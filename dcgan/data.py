@@ -18,7 +18,7 @@ import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.error import URLError
 
 import lightning as L
@@ -288,6 +288,7 @@ class TensorLoader:
     resumed run sees the same order as an uninterrupted one. With ``world_size > 1`` every rank
     uses the same permutation and takes every ``world_size``-th index: shards are disjoint.
     Incomplete last batches are dropped (BatchNorm statistics of a tiny batch hurt GANs).
+    ``resume_at=(epoch, batches)``: that epoch starts after its first ``batches`` batches.
     """
 
     def __init__(
@@ -300,6 +301,7 @@ class TensorLoader:
         epoch_fn: Callable[[], int] | None = None,
         rank: int = 0,
         world_size: int = 1,
+        resume_at: tuple[int, int] | None = None,
     ) -> None:
         self.images = images
         self.batch_size = batch_size
@@ -308,6 +310,7 @@ class TensorLoader:
         self.epoch_fn = epoch_fn
         self.rank = rank
         self.world_size = world_size
+        self.resume_at = resume_at
         self._epochs_started = 0
 
     def __len__(self) -> int:
@@ -326,7 +329,11 @@ class TensorLoader:
         order = order[: per_rank * self.world_size][self.rank :: self.world_size]
         order = order.to(self.images.device, non_blocking=True)
         b = self.batch_size
-        for i in range(len(self)):
+        start = 0
+        if self.resume_at is not None and self.resume_at[0] == epoch and 0 < self.resume_at[1] < len(self):
+            start = self.resume_at[1]  # a run stopped mid-epoch: skip the batches it trained on
+        self.resume_at = None
+        for i in range(start, len(self)):
             yield self.images.index_select(0, order[i * b : (i + 1) * b])
 
 
@@ -404,6 +411,7 @@ class ImageDataModule(L.LightningDataModule):
         self.seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         self.images: Tensor | None = None  # in-memory path: uint8 (N, C, S, S)
         self.dataset: ImageFolderDataset | None = None  # streaming path
+        self._resume_at: tuple[int, int] | None = None
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -481,6 +489,22 @@ class ImageDataModule(L.LightningDataModule):
             f"{self.image_size}, {mode}{where}, batch {self.batch_size}"
         )
 
+    # -- position in the data, for checkpoints ------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The shuffling seed and how far into its epoch training got: a run stopped mid-epoch
+        and resumed sees the rest of that epoch's batches in the same order (in-memory data;
+        streamed data restarts the epoch with a new order, for the batches left)."""
+        if self.trainer is None:
+            return {"seed": self.seed}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return {"seed": self.seed, "epoch": self.trainer.current_epoch, "batches": progress}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seed = int(state_dict.get("seed", self.seed))
+        if "epoch" in state_dict:
+            self._resume_at = (int(state_dict["epoch"]), int(state_dict["batches"]))
+
     # -- loaders ---------------------------------------------------------------------------
 
     def train_dataloader(self) -> TensorLoader | DataLoader[Tensor]:
@@ -494,6 +518,7 @@ class ImageDataModule(L.LightningDataModule):
                 epoch_fn=epoch_fn,
                 rank=rank,
                 world_size=world,
+                resume_at=self._resume_at,
             )
         assert self.dataset is not None, "call setup() first"
         return DataLoader(

@@ -1,8 +1,40 @@
-"""The one exception type for mistakes a user can fix (bad config, missing files)."""
+"""Errors that end a run with one clear line instead of a traceback.
+
+Entry scripts (``dcgan.cli.run_or_exit``) print ``<label>: <message>`` to stderr and exit with
+the error's ``exit_code``; anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
 
-class UserInputError(ValueError):
-    """A problem with the user's input, with a message that says what was wrong and what is
-    accepted. Entry scripts print it without a traceback and exit with status 2."""
+class ReportedError(Exception):
+    """An error whose message says all a user needs: what went wrong and what to do."""
+
+    label = "error"
+    exit_code = 1
+
+
+class UserInputError(ReportedError, ValueError):
+    """A problem with the user's input (bad setting, missing or unreadable file), with a
+    message that says what was wrong and what is accepted. Exit status 2."""
+
+    exit_code = 2
+
+
+class OutputError(ReportedError, OSError):
+    """A file could not be written (disk full, read-only or missing folder). The previous
+    version of the file, if any, is intact."""
+
+
+class TrainingDiverged(ReportedError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(ReportedError):
+    """Ctrl-C or SIGTERM stopped training after it saved the current state. Exit status
+    128 + the signal number, as a shell reports a process ended by that signal."""
+
+    label = "interrupted"
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import zipfile
@@ -16,20 +17,49 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from dcgan.data import to_uint8
+from dcgan.errors import OutputError
+
+# errno values that mean "this location cannot take the file", not a bug in the writer.
+_OUTPUT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EIO,
+}
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block
-    finishes. A crash or Ctrl-C mid-write leaves the previous ``path`` untouched."""
+    """Yield a temporary path beside ``path``; when the block finishes, flush it to disk and
+    rename it onto ``path``. A crash, ``kill -9`` or Ctrl-C mid-write leaves the previous
+    ``path`` untouched (rename is atomic within a filesystem), and so does a full disk: that
+    raises ``OutputError`` naming the file, and the temporary file is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. a file where a folder should be
+        raise OutputError(f"could not create the folder {path.parent} for {path.name}: {e.strerror or e}") from e
+    try:
         yield tmp
+        with open(tmp, "rb+") as f:  # on disk before the rename, so a power cut cannot leave an empty file
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if isinstance(e, OutputError) or e.errno not in _OUTPUT_ERRNOS:
+            raise
+        kept = "the previous file is intact" if path.exists() else "nothing was written"
+        raise OutputError(
+            f"could not write {path}: {e.strerror or e} ({kept}); free some disk space or choose a writable "
+            "output folder"
+        ) from e
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def image_grid(images: Tensor, nrow: int) -> Tensor:

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from dcgan.errors import UserInputError
+from dcgan.errors import TrainingDiverged, UserInputError
 from dcgan.losses import discriminator_loss, generator_loss, instance_noise_std
 from dcgan.networks import Discriminator, Generator
 
+log = logging.getLogger(__name__)
+
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
+
+# What a NaN or infinite loss does: stop the run, or skip that update and count it.
+NONFINITE_ACTIONS = ("stop", "skip")
 
 
 def _check_unit_interval(name: str, value: float) -> None:
@@ -42,6 +49,10 @@ class DCGAN(L.LightningModule):
             annealed linearly to 0 over ``instance_noise_anneal_steps`` batches (``None``: the
             whole run).
         num_fixed_samples: size of the fixed noise batch behind the sample grids.
+        nonfinite_loss: a NaN or infinite loss ``"stop"``s the run (``TrainingDiverged``,
+            naming the loss and the batch; checkpoints are only written at epoch ends, so
+            ``last.ckpt`` keeps the last good state) or is ``"skip"``ped: that network's
+            update is dropped and counted in ``train/nonfinite_skipped``.
     """
 
     def __init__(
@@ -61,6 +72,7 @@ class DCGAN(L.LightningModule):
         instance_noise: float,
         instance_noise_anneal_steps: int | None,
         num_fixed_samples: int,
+        nonfinite_loss: str = "stop",
         g_optimizer: OptimizerFactory | None = None,
         d_optimizer: OptimizerFactory | None = None,
     ) -> None:
@@ -78,6 +90,10 @@ class DCGAN(L.LightningModule):
             )
         if num_fixed_samples < 1:
             raise UserInputError(f"model.num_fixed_samples={num_fixed_samples} must be >= 1")
+        if nonfinite_loss not in NONFINITE_ACTIONS:
+            raise UserInputError(
+                f"model.nonfinite_loss={nonfinite_loss!r} is not known; choose one of {', '.join(NONFINITE_ACTIONS)}"
+            )
         self.save_hyperparameters(ignore=["g_optimizer", "d_optimizer"], logger=False)
         self.automatic_optimization = False
         self.g_optimizer = g_optimizer
@@ -87,6 +103,8 @@ class DCGAN(L.LightningModule):
         # A buffer, not an attribute: it follows the module to the GPU and lives in the
         # checkpoint, so grids stay comparable across epochs and across a resume.
         self.register_buffer("fixed_noise", torch.randn(num_fixed_samples, latent_dim))
+        self.nonfinite_skipped = 0
+        self._rng_states: dict[str, Any] | None = None
 
     # -- sampling --------------------------------------------------------------------------
 
@@ -147,9 +165,7 @@ class DCGAN(L.LightningModule):
         real_logits = self.discriminator(self._with_noise(real, noise_std))
         fake_logits = self.discriminator(self._with_noise(fake.detach(), noise_std))
         d_loss = discriminator_loss(real_logits, fake_logits, self.hparams.real_label, self.hparams.fake_label)
-        d_opt.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss)
-        d_opt.step()
+        self._update(d_opt, d_loss, "d_loss", batch_idx)
         self.untoggle_optimizer(d_opt)
 
         self.log("train/d_loss", d_loss.detach(), prog_bar=True)
@@ -165,8 +181,58 @@ class DCGAN(L.LightningModule):
         if update_g:
             self.toggle_optimizer(g_opt)
             g_loss = generator_loss(self.discriminator(self._with_noise(fake, noise_std)))
-            g_opt.zero_grad(set_to_none=True)
-            self.manual_backward(g_loss)
-            g_opt.step()
+            self._update(g_opt, g_loss, "g_loss", batch_idx)
             self.untoggle_optimizer(g_opt)
             self.log("train/g_loss", g_loss.detach(), prog_bar=True)
+        if self.nonfinite_skipped:
+            self.log("train/nonfinite_skipped", float(self.nonfinite_skipped))
+
+    def _update(self, opt: Any, loss: Tensor, name: str, batch_idx: int) -> None:
+        """Backward and step, unless ``loss`` is NaN or infinite on any rank: then stop the
+        run or skip the step (``nonfinite_loss``). Backward runs either way, so DDP's gradient
+        reduction stays in step on every rank."""
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        finite = bool(torch.isfinite(loss.detach()))
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            opt.step()
+            return
+        where = (
+            f"epoch {self.current_epoch + 1}, batch {batch_idx + 1} "
+            f"(batch {self.trainer.fit_loop.total_batch_idx + 1} of the run)"
+        )
+        if self.hparams.nonfinite_loss == "stop":
+            raise TrainingDiverged(f"{name} is {loss.item()} at {where}")
+        opt.zero_grad(set_to_none=True)
+        self.nonfinite_skipped += 1
+        if self.nonfinite_skipped == 1:
+            log.warning("%s is %s at %s; skipping such updates (model.nonfinite_loss=skip)", name, loss.item(), where)
+
+    # -- checkpoints: exact resumes ----------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The random state (latents, instance noise, dropout): a run resumed from this
+        # checkpoint on one device continues exactly as the uninterrupted run would have.
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+        checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_states = checkpoint.get("rng_states")
+        self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
+
+    def on_train_start(self) -> None:
+        if self.trainer.world_size > 1:
+            # Every rank was seeded alike; give each its own noise, or all ranks would feed D
+            # the same fakes and the global batch would hold one rank's worth of them.
+            step = self.trainer.fit_loop.total_batch_idx + 1
+            torch.manual_seed((torch.initial_seed() + 1_000_003 * self.trainer.global_rank + step) % 2**63)
+        elif self._rng_states is not None:
+            torch.set_rng_state(self._rng_states["torch"])
+            if self._rng_states.get("cuda") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(self._rng_states["cuda"], self.device)
+        self._rng_states = None

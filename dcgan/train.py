@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -21,9 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 from dcgan.callbacks import FIDCallback
 from dcgan.checkpoints import check_resumable
 from dcgan.cli import in_multirun
-from dcgan.errors import UserInputError
+from dcgan.errors import TrainingDiverged, TrainingInterrupted, UserInputError
+from dcgan.faults import AtomicCheckpointIO, InterruptCheckpoint, remove_stale_temporaries
 from dcgan.io import atomic_path
 from dcgan.module import DCGAN, OptimizerFactory
+from dcgan.resume import resumed_config, resumed_job
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,9 @@ def build_optimizer(cfg: DictConfig, key: str) -> OptimizerFactory:
     parameter, so a bad learning rate or beta fails now, with the key named, not after the
     dataset has loaded."""
     factory = instantiate_node(cfg.optimizer[key], f"optimizer.{key}", _convert_="all")
+    lr = cfg.optimizer[key].get("lr")
+    if isinstance(lr, (int, float)) and lr <= 0:  # torch takes 0, which trains nothing
+        raise UserInputError(f"optimizer.{key}.lr={lr} must be > 0 (set by e.g. optimizer.lr_g / optimizer.lr_d)")
     try:
         factory([torch.zeros(1, requires_grad=True)])
     except (ValueError, TypeError) as e:
@@ -90,8 +96,11 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, DCGAN, L.Trainer]:
     ]
     if cfg.eval.fid:
         callbacks.append(fid_callback(cfg))
+    callbacks.append(InterruptCheckpoint(Path(cfg.paths.output_dir) / "checkpoints"))
     loggers = [instantiate_node(cfg.logger, "logger")] if cfg.get("logger") else []
-    trainer: L.Trainer = instantiate_node(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers)
+    trainer: L.Trainer = instantiate_node(
+        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()]
+    )
     if trainer.world_size > 1 and in_multirun() and not _processes_started_externally(trainer):
         raise UserInputError(
             f"a Hydra multirun (-m) cannot train with {trainer.world_size} processes on this machine: Lightning "
@@ -136,21 +145,56 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train a DCGAN as ``cfg`` says. Returns the run's record, also written to
     ``<run dir>/metrics.json``: status, final and best FID, epochs, batches, wall time, the
     overrides, and ``objective``, the value of ``cfg.optimized_metric`` that sweepers minimize.
-    A run that fails writes its record with ``status: failed`` and the error, then re-raises."""
+    A run that fails writes its record with ``status: failed`` (or ``interrupted``) and the
+    error, then re-raises. ``cfg.resume`` continues that run instead (see dcgan/resume.py)."""
+    if cfg.get("resume") is not None:
+        cfg = resumed_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     start = time.perf_counter()
     base = {"run_dir": str(output_dir.resolve()), **hydra_job()}
+    if cfg.get("resume") is not None:
+        base |= resumed_job(output_dir) | {"resumed_from": cfg.ckpt_path}
     try:
         record = _train(cfg, output_dir)
     except Exception as e:
         if rank_zero_only.rank == 0:
-            failed = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+            status = "interrupted" if isinstance(e, TrainingInterrupted) else "failed"
+            failed = {"status": status, "error": f"{type(e).__name__}: {e}"}
             write_run_record(output_dir, failed | base | {"wall_s": round(time.perf_counter() - start, 1)})
         raise
     record = {"status": "completed", **base, **record, "wall_s": round(time.perf_counter() - start, 1)}
     if rank_zero_only.rank == 0:
         write_run_record(output_dir, record)
     return record
+
+
+def _interrupted(interrupt: InterruptCheckpoint, trainer: L.Trainer, output_dir: Path) -> TrainingInterrupted:
+    name = "Ctrl-C" if interrupt.signal == signal.SIGINT else "SIGTERM"
+    code = 128 + int(interrupt.signal or 0)
+    if interrupt.saved is None:
+        return TrainingInterrupted(f"{name} before training began; nothing to save", code)
+    where = f"epoch {trainer.current_epoch + 1}, batch {trainer.fit_loop.epoch_loop.batch_progress.current.completed}"
+    return TrainingInterrupted(
+        f"{name} at {where}: saved the training state to {interrupt.saved}. "
+        f"Continue with: python train.py resume={output_dir}",
+        code,
+    )
+
+
+def _last_good(output_dir: Path) -> str:
+    """Where a diverged run can be continued from (checkpoints are written at epoch ends, so
+    none of them holds the non-finite state)."""
+    last = output_dir / "checkpoints" / "last.ckpt"
+    advice = (
+        "Lower the learning rates (optimizer.lr_g, optimizer.lr_d) or set "
+        "model.nonfinite_loss=skip to skip such updates"
+    )
+    if not last.is_file():
+        return f"Training stopped before its first epoch ended, so no checkpoint was saved. {advice}"
+    return (
+        f"Training stopped; the last good state is {last}. {advice}, then continue with: "
+        f"python train.py resume={output_dir} <settings>"
+    )
 
 
 def objective(record: dict[str, Any]) -> float:
@@ -171,9 +215,18 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         check_resumable(ckpt_path, dict(model.hparams), trainer.max_epochs)
     if trainer.is_global_zero:
         log.info("Run directory: %s", output_dir.resolve())
+        remove_stale_temporaries(output_dir / "checkpoints")
     for logger in trainer.loggers:
         logger.log_hyperparams(hyperparameters(cfg))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    interrupt = next(c for c in trainer.callbacks if isinstance(c, InterruptCheckpoint))  # type: ignore[attr-defined]
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except (KeyboardInterrupt, SystemExit) as e:  # Lightning ends Ctrl-C in sys.exit; SIGTERMException is one
+        if interrupt.signal is None:
+            raise
+        raise _interrupted(interrupt, trainer, output_dir) from e
+    except TrainingDiverged as e:
+        raise TrainingDiverged(f"{e}. {_last_good(output_dir)}") from None
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.world_size > 1:
         # DDP averages G's and D's gradients, so every replica ends with the same weights.

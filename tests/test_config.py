@@ -123,11 +123,16 @@ def test_default_experiment_is_mnist28(compose_cfg: Callable[..., DictConfig]) -
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("optimizer.lr_g=-0.1", "optimizer.generator: Invalid learning rate: -0.1"),
+        ("optimizer.lr_g=-0.1", "optimizer.generator.lr=-0.1 must be > 0"),
         ("optimizer.beta1=1.5", "optimizer.generator: Invalid beta parameter at index 0: 1.5"),
         ("model.latent_dim=0", "model.latent_dim=0 must be a positive integer"),
         ("dataset.batch_size=-1", "dataset.batch_size=-1 must be a positive integer"),
         ("model.real_label=2", r"model.real_label=2 must be in \[0, 1\]"),
+        ("model.fake_label=-0.1", r"model.fake_label=-0.1 must be in \[0, 1\]"),
+        ("optimizer.lr_d=0", "optimizer.discriminator.lr=0 must be > 0"),
+        ("model.image_size=32", "model.image_size=32 is not supported; supported sizes are 28, 64, 128"),
+        ("model.nonfinite_loss=ignore", "model.nonfinite_loss='ignore' is not known; choose one of stop, skip"),
+        ("callbacks.checkpoint.every_n_epochs=0", "callbacks.checkpoint.every_n_epochs=0 must be >= 1"),
     ],
 )
 def test_bad_values_fail_before_any_work(compose_cfg: Callable[..., DictConfig], override: str, message: str) -> None:

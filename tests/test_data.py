@@ -96,14 +96,24 @@ def test_mode_conversions(tmp_path: Path) -> None:
     assert torch.all(load_image(tmp_path / "white16.png", 8, 1) == 255)
     # CMYK with no ink is white
     assert load_image(tmp_path / "cmyk.jpg", 8, 3).float().mean() > 250
+    # palette images take their palette's colours
+    palette = Image.new("P", (8, 8), 0)
+    palette.putpalette([10, 200, 30] + [0, 0, 0] * 255)
+    palette.save(tmp_path / "palette.png")
+    assert load_image(tmp_path / "palette.png", 8, 3)[:, 0, 0].tolist() == [10, 200, 30]
+    # RGB into a grayscale run: luminance (ITU-R 601: 0.299 R + 0.587 G + 0.114 B)
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "red.png")
+    assert torch.all(load_image(tmp_path / "red.png", 8, 1) == 76)
 
 
 def test_unreadable_images_are_skipped_with_one_warning(image_tree: tuple[Path, list[Path]]) -> None:
     root, files = image_tree
     (root / "broken.png").write_bytes(b"\x89PNG not really")
     (root / "empty.jpg").write_bytes(b"")
+    whole = (root / "rgb.png").read_bytes()
+    (root / "truncated.png").write_bytes(whole[: len(whole) // 2])
     dm = folder_module(root, in_memory=True)
-    with pytest.warns(UserWarning, match=r"skipped 2 of 10 files .*broken.png.*empty.jpg"):
+    with pytest.warns(UserWarning, match=r"skipped 3 of 11 files .*broken.png.*empty.jpg.*truncated.png"):
         dm.setup()
     assert len(dm) == len(files)
 

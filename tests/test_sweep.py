@@ -63,7 +63,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path, data_dir: Path) -
         ("1_eval.fid=False,optimizer.lr_d=0.0002", "completed"),
         ("0_eval.fid=False,optimizer.lr_d=-1", "failed"),  # failed jobs last
     ]
-    assert "Invalid learning rate: -1" in rows[1]["error"]
+    assert "optimizer.discriminator.lr=-1 must be > 0" in rows[1]["error"]
     assert rows[0]["fid_best"] is None and rows[0]["epochs"] == 2
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from dcgan.checkpoints import check_resumable, read_checkpoint
+from dcgan.checkpoints import check_resumable, epochs_trained, read_checkpoint
 from dcgan.errors import UserInputError
 from dcgan.module import DCGAN
 from tests.helpers import REPO, check, run_script
@@ -113,7 +113,7 @@ def test_resume_continues_at_the_saved_step(smoke_run: Path, tmp_path: Path, dat
     assert [e.step for e in events(resumed).Scalars("train/d_loss")] == list(range(10, 15))
     assert sorted(p.name for p in (resumed / "samples").iterdir()) == ["epoch_0003.png"]
     after = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
-    assert (before["epoch"], after["epoch"]) == (2, 3)
+    assert (epochs_trained(before), epochs_trained(after)) == (2, 3)
     assert after["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] == 15
     assert torch.equal(before["state_dict"]["fixed_noise"], after["state_dict"]["fixed_noise"])
     # Adam's step counters carried on from the checkpoint: 10 + 5 for both G and D.
@@ -137,12 +137,21 @@ def user_error(result: subprocess.CompletedProcess[str]) -> str:
     return result.stderr
 
 
-def test_unknown_dataset_lists_the_options() -> None:
-    result = run_script("train.py", "dataset=cifar10")
+@pytest.mark.parametrize(
+    ("override", "options"),
+    [
+        ("dataset=cifar10", ("fashion_mnist", "folder", "mnist")),
+        ("model=dcgan32", ("dcgan28", "dcgan64", "dcgan128")),
+        ("optimizer=sgd", ("adam", "ttur")),
+    ],
+)
+def test_unknown_group_option_lists_the_options(override: str, options: tuple[str, ...]) -> None:
+    group, name = override.split("=")
+    result = run_script("train.py", override)
     assert result.returncode != 0
-    assert "Could not find 'dataset/cifar10'" in result.stderr
-    assert "Available options in 'dataset':" in result.stderr
-    for option in ("fashion_mnist", "folder", "mnist"):
+    assert f"Could not find '{group}/{name}'" in result.stderr
+    assert f"Available options in '{group}':" in result.stderr
+    for option in options:
         assert option in result.stderr
 
 
@@ -202,6 +211,23 @@ def test_resume_refuses_other_network_settings_and_finished_runs(smoke_run: Path
     assert (
         f"cannot resume from {last}: it was trained with other network settings (model.image_size: checkpoint 28"
         in (stderr)
+    )
+
+
+def test_ckpt_path_missing_truncated_or_a_folder(smoke_run: Path, tmp_path: Path) -> None:
+    def error(ckpt_path: Path) -> str:
+        return user_error(
+            run_script("train.py", "experiment=smoke", f"ckpt_path={ckpt_path}", f"hydra.run.dir={tmp_path / 'r'}")
+        )
+
+    assert f"error: ckpt_path={tmp_path / 'nope.ckpt'} does not exist; give a .ckpt file" in error(
+        tmp_path / "nope.ckpt"
+    )
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes((smoke_run / "checkpoints" / "last.ckpt").read_bytes()[:5000])
+    assert f"error: {truncated} is not a readable checkpoint" in error(truncated)
+    assert f"error: ckpt_path={smoke_run} is a folder; give a .ckpt file, or continue that run with resume=" in error(
+        smoke_run
     )
 
 

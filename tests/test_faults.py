@@ -1,0 +1,272 @@
+"""Faults lose nothing: Ctrl-C, SIGTERM and kill -9 during training, a diverging loss, a full
+disk, an unwritable run folder; and resume=<run dir> continues exactly where a run stopped."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from dcgan.errors import OutputError, TrainingDiverged
+from dcgan.faults import AtomicCheckpointIO, remove_stale_temporaries
+from dcgan.io import atomic_path, save_png
+from tests.helpers import REPO, check, run_script
+
+# Long enough epochs (300 batches of 32, tiny networks: ~3 s) for a signal sent just after
+# an epoch's checkpoint to land mid-way through the next epoch.
+LONG_EPOCHS = ("experiment=smoke", "eval.fid=false", "trainer.limit_train_batches=300", "trainer.max_epochs=3")
+
+
+def start_training(log: Path, data_dir: Path, *overrides: str) -> subprocess.Popen[str]:
+    """train.py in the background, its output in ``log`` (a pipe nobody reads would fill up
+    and stall it)."""
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *overrides],
+            cwd=REPO,
+            env=os.environ | {"DCGAN_DATA_DIR": str(data_dir)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+def finish(process: subprocess.Popen[str], log: Path) -> str:
+    process.wait(timeout=120)
+    return log.read_text()
+
+
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the process ended (exit {process.returncode}) before the condition held")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("timed out")
+        time.sleep(0.05)
+
+
+def mtime(path: Path) -> float:
+    return path.stat().st_mtime_ns if path.exists() else 0
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(path, weights_only=True)
+    optimizer = {f"opt{i}.{k}": v for i, o in enumerate(ckpt["optimizer_states"]) for k, v in _flat(o["state"])}
+    return ckpt["state_dict"] | optimizer
+
+
+def _flat(state: dict) -> list[tuple[str, torch.Tensor]]:
+    return [(f"{p}.{name}", t) for p, s in state.items() for name, t in s.items()]
+
+
+@pytest.mark.slow
+def test_sigterm_and_kill_9_then_resume_match_an_uninterrupted_run(tmp_path: Path, data_dir: Path) -> None:
+    """SIGTERM mid-epoch saves interrupted.ckpt; kill -9 leaves last.ckpt; two resumes by run
+    directory end with exactly the weights and optimizer state of a run never interrupted."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    check(run_script("train.py", *LONG_EPOCHS, f"hydra.run.dir={straight}", env={"DCGAN_DATA_DIR": str(data_dir)}))
+
+    last, log = stopped / "checkpoints" / "last.ckpt", tmp_path / "log"
+    run = start_training(log, data_dir, *LONG_EPOCHS, f"hydra.run.dir={stopped}")
+    wait_for(last.exists, run)  # epoch 1 done
+    run.send_signal(signal.SIGTERM)
+    stderr = finish(run, log)
+    assert run.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    interrupted = stopped / "checkpoints" / "interrupted.ckpt"
+    assert "interrupted: SIGTERM at epoch 2, batch " in stderr
+    assert f"saved the training state to {interrupted}. Continue with: python train.py resume={stopped}" in stderr
+    assert "Traceback" not in stderr
+    ckpt = torch.load(interrupted, weights_only=True)
+    batches_done = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"]
+    assert 0 < batches_done < 300, "the signal should land mid-epoch"
+    record = json.loads((stopped / "metrics.json").read_text())
+    assert record["status"] == "interrupted" and "SIGTERM" in record["error"]
+
+    # Resume from interrupted.ckpt (more training than last.ckpt), then kill -9 in epoch 3.
+    before = mtime(last)
+    run = start_training(log, data_dir, f"resume={stopped}")
+    wait_for(lambda: mtime(last) != before, run)  # epoch 2 done
+    run.kill()
+    run.wait(timeout=60)
+    assert torch.load(last, weights_only=True)["epoch"] == 1  # epoch 2's checkpoint, whole
+
+    result = check(run_script("train.py", f"resume={stopped}", env={"DCGAN_DATA_DIR": str(data_dir)}))
+    assert f"Resuming {stopped} from {last}" in result.stdout + result.stderr  # newer than interrupted.ckpt
+    expected, got = weights(straight / "checkpoints" / "last.ckpt"), weights(last)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected), "resumed run differs from the uninterrupted one"
+    record = json.loads((stopped / "metrics.json").read_text())
+    assert (record["status"], record["epochs"], record["batches"]) == ("completed", 3, 900)
+    assert record["resumed_from"] == str(last)
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_the_batch_and_saves(tmp_path: Path, data_dir: Path) -> None:
+    last, log = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "log"
+    run = start_training(log, data_dir, *LONG_EPOCHS, f"hydra.run.dir={tmp_path}")
+    wait_for(last.exists, run)
+    run.send_signal(signal.SIGINT)
+    stderr = finish(run, log)
+    assert run.returncode == 128 + signal.SIGINT, stderr[-3000:]
+    assert "Ctrl-C: stopping after this batch and saving a checkpoint" in stderr
+    assert "interrupted: Ctrl-C at epoch 2, batch " in stderr
+    assert "Traceback" not in stderr
+    ckpt = torch.load(tmp_path / "checkpoints" / "interrupted.ckpt", weights_only=True)
+    loops = ckpt["loops"]["fit_loop"]
+    # Stopped between batches: every finished batch made one D and one G step.
+    assert ckpt["global_step"] == 2 * (loops["epoch_loop.batch_progress"]["total"]["completed"])
+
+
+def test_kill_9_while_a_checkpoint_is_written_leaves_the_previous_one(tmp_path: Path) -> None:
+    """A process writing a 200 MB checkpoint over last.ckpt is killed mid-write, many times
+    over: last.ckpt always loads, and is the previous whole version."""
+    path = tmp_path / "last.ckpt"
+    writer = (
+        "import sys, torch\n"
+        "from dcgan.faults import AtomicCheckpointIO\n"
+        "io = AtomicCheckpointIO()\n"
+        "for version in range(1, 1000):\n"
+        "    io.save_checkpoint({'version': version, 'blob': torch.full((50_000_000,), float(version))}, sys.argv[1])\n"
+    )
+    AtomicCheckpointIO().save_checkpoint({"version": 0, "blob": torch.zeros(1)}, path)
+    for _ in range(3):
+        process = subprocess.Popen([sys.executable, "-c", writer, str(path)], cwd=REPO)
+        wait_for(lambda: any(p.stat().st_size > 1_000_000 for p in tmp_path.glob(".last.ckpt.tmp*")), process, 60)
+        process.kill()
+        process.wait()
+        ckpt = torch.load(path, weights_only=True)
+        assert ckpt["blob"][-1].item() == ckpt["version"]  # whole: its last element is there
+    assert list(tmp_path.glob(".last.ckpt.tmp*")), "the killed writer's temporary file is left behind"
+    remove_stale_temporaries(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"version": 1}, path)
+
+    def disk_full(obj: object, f: Path) -> None:
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OutputError, match=f"could not write {path}: No space left on device .the previous file is"):
+        AtomicCheckpointIO().save_checkpoint({"version": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no half-written file
+
+
+def test_unwritable_output_gives_the_path(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    expected = f"could not create the folder {blocker} for x.png: File exists"
+    with pytest.raises(OutputError, match=expected), atomic_path(blocker / "x.png") as tmp:
+        tmp.write_bytes(b"")
+    # A bug in a writer is not reported as a disk problem.
+    with pytest.raises(KeyError), atomic_path(tmp_path / "y.png"):
+        raise KeyError("bug")
+    from PIL import Image
+
+    save_png(Image.new("L", (2, 2)), tmp_path / "ok.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "ok.png"]
+
+
+def test_run_folder_that_cannot_be_created(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    result = run_script("train.py", "experiment=smoke", f"hydra.run.dir={tmp_path / 'a-file' / 'run'}")
+    assert result.returncode == 2
+    assert f"error: cannot write to hydra.run.dir={tmp_path / 'a-file' / 'run'}: Not a directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _nan_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
+    """Make the discriminator's loss NaN on its ``call``-th evaluation (one per batch)."""
+    import dcgan.module
+
+    real_loss, calls = dcgan.module.discriminator_loss, []
+
+    def loss(*args: object) -> torch.Tensor:
+        calls.append(1)
+        value = real_loss(*args)  # type: ignore[arg-type]
+        return value * float("nan") if len(calls) == call else value
+
+    monkeypatch.setattr(dcgan.module, "discriminator_loss", loss)
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dcgan.train import train
+
+    _nan_at(monkeypatch, call=8)  # epoch 2 (5 batches per epoch), batch 3
+    cfg = compose_cfg(
+        "experiment=smoke", "eval.fid=false", "trainer.max_epochs=3", "+trainer.enable_progress_bar=false"
+    )
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingDiverged) as info:
+        train(cfg)
+    message = str(info.value)
+    assert message.startswith("d_loss is nan at epoch 2, batch 3 (batch 8 of the run). Training stopped; ")
+    assert f"the last good state is {run_dir / 'checkpoints' / 'last.ckpt'}" in message
+    assert f"python train.py resume={run_dir}" in message and "model.nonfinite_loss=skip" in message
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 0 and last["global_step"] == 10  # the end of epoch 1
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
+    assert not (run_dir / "checkpoints" / "interrupted.ckpt").exists()  # a divergence is not saved
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "failed" and record["error"].startswith("TrainingDiverged: d_loss is nan at epoch 2")
+
+
+def test_nan_losses_can_be_skipped_and_counted(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dcgan.train import train
+
+    _nan_at(monkeypatch, call=3)
+    cfg = compose_cfg(
+        "experiment=smoke", "eval.fid=false", "model.nonfinite_loss=skip", "+trainer.enable_progress_bar=false"
+    )
+    record = train(cfg)
+    assert record["status"] == "completed" and record["metrics"]["train/nonfinite_skipped"] == 1
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["nonfinite_skipped"] == 1
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
+    # D skipped one of its 10 steps; G took all 10.
+    steps = [int(next(iter(opt["state"].values()))["step"]) for opt in last["optimizer_states"]]
+    assert steps == [10, 9]
+
+
+def test_resume_errors(tmp_path: Path, smoke_run: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)  # resuming writes into the run folder
+
+    def error(*overrides: str) -> str:
+        result = run_script("train.py", *overrides)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        return result.stderr
+
+    assert f"error: resume={tmp_path / 'nope'} does not exist; give a run directory" in error(
+        f"resume={tmp_path / 'nope'}"
+    )
+    assert f"error: resume={tmp_path}: {tmp_path} has no .hydra/config.yaml" in error(f"resume={tmp_path}")
+    assert "would change dataset from 'mnist'" in error(f"resume={run}", "dataset=fashion_mnist")
+    assert "give resume=<run dir> or ckpt_path=<file>, not both" in error(
+        f"resume={run}", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
+    )
+    assert "has already trained 2 epochs; set trainer.max_epochs above 2" in error(f"resume={run}")
+    assert (run / ".hydra" / "config.yaml").read_text() == (smoke_run / ".hydra" / "config.yaml").read_text()
