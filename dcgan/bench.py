@@ -1,0 +1,428 @@
+"""``python -m dcgan.bench``: what the framework costs and how fast its parts run.
+
+For each model size (28, 64, 128; widths and batch size from the shipped experiments
+mnist28, fashion64, fashion128), in one process per size:
+
+- ``train``: training images/s through the project's real path (the Hydra config, DataModule,
+  LightningModule and Trainer, with the configured logger, checkpoints and sample grids; FID
+  off) and through a minimal plain PyTorch loop on copies of the same networks, with the same
+  optimizers, losses, batch size and in-memory data. The two alternate, ``--rounds`` times,
+  each timing ``--batches`` batches after ``--warmup`` untimed ones; the ratio is project/plain.
+- ``data``: images/s that the data path alone delivers to the device, scaled to [-1, 1].
+- ``fid``: images/s of the FID Inception network alone, and the time of one in-training
+  evaluation (generate ``eval.num_samples`` images, features, FID) at the configured N.
+- every record: device, torch version, threads, dtype, compile on/off, peak memory (RSS on a
+  CPU, max allocated on a GPU).
+
+One JSON line per record on stdout (and appended to ``--out``); a table on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from dcgan.data import ImageDataModule, to_unit_range
+from dcgan.errors import ReportedError
+from dcgan.losses import discriminator_loss, generator_loss
+from dcgan.metrics import FEATURE_DIM, FIDScorer, InceptionFeatures, load_inception
+from dcgan.module import DCGAN
+from dcgan.sampling import latents
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = {28: "mnist28", 64: "fashion64", 128: "fashion128"}
+
+# (warmup, timed batches, rounds) for --quick and for a full run.
+QUICK = (2, 5, 2)
+FULL = (5, 30, 3)
+
+
+def compose_experiment(size: int, output_dir: Path, *overrides: str) -> DictConfig:
+    """The shipped experiment of ``size``, FID off, writing into ``output_dir``."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                f"experiment={EXPERIMENTS[size]}",
+                "eval.fid=false",
+                f"paths.output_dir={output_dir}",
+                "+trainer.enable_model_summary=false",
+                *overrides,
+            ],
+        )
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {cpu_name()}",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "dtype": "float32",
+        "compile": False,
+    }
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    if device.type == "cuda":
+        return {"peak_gpu_allocated_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
+    return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --------------------------------------------------------------------------------------------
+# the project's path
+
+
+class _BatchClock(L.Callback):
+    """Times batches ``warmup`` .. end of the fit (from the start of the first timed batch to
+    the end of the last)."""
+
+    def __init__(self, warmup: int, device: torch.device) -> None:
+        self.warmup, self.device = warmup, device
+        self.start = self.end = 0.0
+        self.images = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        if idx == self.warmup:
+            synchronize(self.device)
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, out: Any, batch: Any, idx: int
+    ) -> None:
+        if idx >= self.warmup:
+            self.images += len(batch)
+            synchronize(self.device)
+            self.end = time.perf_counter()
+
+
+def project_rate(cfg: DictConfig, model: DCGAN, datamodule: ImageDataModule, warmup: int, batches: int) -> float:
+    """Images/s of ``batches`` timed batches of ``trainer.fit``, built from ``cfg`` as
+    train.py builds it (callbacks and logger as configured)."""
+    from dcgan.train import instantiate_node
+
+    device = model.device if model.device.type != "cpu" else torch.device("cpu")
+    clock = _BatchClock(warmup, device)
+    callbacks = [instantiate_node(c, n) for n, c in (cfg.get("callbacks") or {}).items() if c is not None]
+    loggers = [instantiate_node(cfg.logger, "logger")] if cfg.get("logger") else []
+    trainer = instantiate_node(
+        cfg.trainer,
+        "trainer",
+        callbacks=[*callbacks, clock],
+        logger=loggers,
+        max_epochs=1,
+        limit_train_batches=warmup + batches,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    return clock.images / (clock.end - clock.start)
+
+
+# --------------------------------------------------------------------------------------------
+# the plain PyTorch loop
+
+
+def plain_rate(model: DCGAN, datamodule: ImageDataModule, device: torch.device, warmup: int, batches: int) -> float:
+    """Images/s of the same training step written as a bare loop: copies of G and D, the same
+    optimizer factories, losses, labels, batch size and in-memory uint8 data."""
+    g, d = copy.deepcopy(model.generator).to(device), copy.deepcopy(model.discriminator).to(device)
+    assert model.g_optimizer is not None and model.d_optimizer is not None
+    g_opt, d_opt = model.g_optimizer(g.parameters()), model.d_optimizer(d.parameters())
+    hp = model.hparams
+    assert datamodule.images is not None, "the benchmark needs the in-memory data path"
+    images = datamodule.images.to(device)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    b = datamodule.batch_size
+
+    def batches_of(n: int) -> Iterator[torch.Tensor]:
+        for _ in range(n):
+            index = torch.randint(0, len(images), (b,), generator=generator).to(device)
+            yield to_unit_range(images.index_select(0, index))
+
+    def step(real: torch.Tensor) -> None:
+        z = torch.randn(len(real), hp.latent_dim, device=device)
+        fake = g(z)
+        d_loss = discriminator_loss(d(real), d(fake.detach()), hp.real_label, hp.fake_label)
+        d_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        d_opt.step()
+        g_loss = generator_loss(d(fake))
+        g_opt.zero_grad(set_to_none=True)
+        g_loss.backward()
+        g_opt.step()
+
+    for real in batches_of(warmup):
+        step(real)
+    synchronize(device)
+    start = time.perf_counter()
+    for real in batches_of(batches):
+        step(real)
+    synchronize(device)
+    return batches * b / (time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------------------------
+# data path, FID
+
+
+def data_rate(datamodule: ImageDataModule, device: torch.device, batches: int) -> float:
+    """Images/s of the training DataLoader, moved to ``device`` and scaled to [-1, 1]."""
+    loader = datamodule.train_dataloader()
+    count, start = 0, time.perf_counter()
+    for i, batch in enumerate(loader):
+        batch = datamodule.on_after_batch_transfer(batch.to(device, non_blocking=True), 0)
+        count += len(batch)
+        if i + 1 == batches:
+            break
+    synchronize(device)
+    return count / (time.perf_counter() - start)
+
+
+def fid_records(
+    cfg: DictConfig, model: DCGAN, device: torch.device, num_images: int, eval_samples: int | None
+) -> dict[str, Any]:
+    """The Inception network's images/s on generated images of the model's size, and one
+    in-training evaluation (``eval_samples`` images; None: ``eval.num_samples`` as configured)."""
+    extractor = InceptionFeatures(cfg.eval.weights, cfg.eval.batch_size).to(device)
+    size, channels = model.hparams.image_size, model.hparams.channels
+    images = torch.randint(0, 256, (num_images, channels, size, size), dtype=torch.uint8)
+    extractor(images[: extractor.batch_size_on(device)])  # warm-up
+    synchronize(device)
+    start = time.perf_counter()
+    extractor(images)
+    synchronize(device)
+    features_per_s = num_images / (time.perf_counter() - start)
+    baseline_per_s = _torchmetrics_default_rate(cfg.eval.weights, images, device)
+
+    n = eval_samples or (1_000 if device.type == "cpu" else 10_000)
+    if cfg.eval.num_samples != "auto" and eval_samples is None:
+        n = int(cfg.eval.num_samples)
+    # The reference side is computed once per dataset and cached, so it is not part of an
+    # evaluation's cost; stand-in features of the right shape cost the same to compare.
+    scorer = FIDScorer(extractor, torch.randn(n, FEATURE_DIM), n, n)
+    z = latents(n, model.hparams.latent_dim, seed=0)
+    start = time.perf_counter()
+    scorer.score(model.generate, z)
+    synchronize(device)
+    return {
+        "fid_features_images_per_s": round(features_per_s, 2),
+        "fid_features_torchmetrics_default_images_per_s": round(baseline_per_s, 2),
+        "fid_features_speedup": round(features_per_s / baseline_per_s, 2),
+        "fid_batch_size": extractor.batch_size_on(device),
+        "fid_eval_num_samples": n,
+        "fid_eval_s": round(time.perf_counter() - start, 2),
+    }
+
+
+def _torchmetrics_default_rate(weights: str | None, images: torch.Tensor, device: torch.device) -> float:
+    """Images/s of the same Inception network as torchmetrics' FrechetInceptionDistance runs it
+    by default: batches of 32, contiguous weights, under ``no_grad``: the baseline of the
+    settings ``InceptionFeatures`` chose."""
+    net = load_inception(weights).to(device)
+    batch = 32
+    with torch.no_grad():
+        net(images[:batch].to(device).expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:batch].to(device))
+        synchronize(device)
+        start = time.perf_counter()
+        for chunk in images.split(batch):
+            chunk = chunk.to(device)
+            net(chunk.expand(-1, 3, -1, -1).contiguous() if chunk.shape[1] == 1 else chunk)
+        synchronize(device)
+    return len(images) / (time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------------------------
+# one size, in its own process (its own peak memory)
+
+
+def bench_size(size: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    warmup, batches, rounds = args.warmup, args.batches, args.rounds
+    with tempfile.TemporaryDirectory(prefix="dcgan-bench-") as out:
+        overrides = [f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}", *args.overrides]
+        cfg = compose_experiment(size, Path(out), *overrides)
+        from dcgan.train import build
+
+        L.seed_everything(0, verbose=False)
+        datamodule, model, trainer = build(cfg)
+        device = torch.device(args.device)
+        datamodule.trainer = trainer  # setup() decides where the data lives from the trainer
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        base = {"size": size, "experiment": EXPERIMENTS[size], "batch_size": datamodule.batch_size}
+        base |= {k: model.hparams[k] for k in ("g_width", "d_width", "latent_dim")}
+
+        project, plain = [], []
+        for _ in range(rounds):
+            project.append(project_rate(cfg, model, datamodule, warmup, batches))
+            model.to(device)
+            plain.append(plain_rate(model, datamodule, device, warmup, batches))
+        train = {
+            "bench": "train",
+            **base,
+            "warmup": warmup,
+            "timed_batches": batches,
+            "rounds": rounds,
+            "project_images_per_s": round(statistics_median(project), 2),
+            "plain_images_per_s": round(statistics_median(plain), 2),
+            "project_rounds": [round(r, 2) for r in project],
+            "plain_rounds": [round(r, 2) for r in plain],
+        }
+        train["ratio"] = round(train["project_images_per_s"] / train["plain_images_per_s"], 3)
+        data = {"bench": "data", **base, "images_per_s": round(data_rate(datamodule, device, args.data_batches), 1)}
+        data["ratio_to_training"] = round(data["images_per_s"] / train["project_images_per_s"], 1)
+        records = [train, data]
+        if not args.no_fid:
+            fid = {"bench": "fid", **base, **fid_records(cfg, model, device, args.fid_images, args.fid_eval_samples)}
+            records.append(fid)
+        env = environment(device) | peak_memory_mb(device)
+        return [r | env for r in records]
+
+
+def statistics_median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m dcgan.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help=f"warmup, batches, rounds = {QUICK} (default {FULL})")
+    p.add_argument("--sizes", type=int, nargs="+", default=[28, 64, 128], choices=sorted(EXPERIMENTS))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    p.add_argument("--warmup", type=int, help="untimed batches before each timed stretch")
+    p.add_argument("--batches", type=int, help="timed batches per round")
+    p.add_argument("--rounds", type=int, help="project/plain alternations")
+    p.add_argument("--data-batches", type=int, default=50, help="batches for the data-path rate")
+    p.add_argument("--fid-images", type=int, help="images for the Inception rate (default 64, quick 32)")
+    p.add_argument("--fid-eval-samples", type=int, help="N of the timed evaluation (default: as in training)")
+    p.add_argument("--no-fid", action="store_true", help="skip the FID measurements (no Inception weights needed)")
+    p.add_argument("--out", type=Path, help="also append the JSON lines to this file")
+    p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for every size, e.g. dataset.batch_size=64")
+    args = p.parse_args(argv)
+    warmup, batches, rounds = QUICK if args.quick else FULL
+    args.warmup = args.warmup if args.warmup is not None else warmup
+    args.batches = args.batches if args.batches is not None else batches
+    args.rounds = args.rounds if args.rounds is not None else rounds
+    args.fid_images = args.fid_images or (32 if args.quick else 64)
+    if args.quick and args.fid_eval_samples is None:
+        args.fid_eval_samples = 100
+    for name in ("warmup", "batches", "rounds", "data_batches", "fid_images"):
+        if getattr(args, name) < (0 if name == "warmup" else 1):
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.child is not None:  # one size, in this process; records to a file, as the
+        # progress bar also writes to stdout
+        logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore")
+        try:
+            records = bench_size(args.sizes[0], args)
+        except ReportedError as e:
+            print(f"{e.label}: {e}", file=sys.stderr)
+            raise SystemExit(e.exit_code) from None
+        args.child.write_text("".join(json.dumps(r) + "\n" for r in records))
+        return
+    records = []
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "records.jsonl"
+            result = subprocess.run(
+                [sys.executable, "-m", "dcgan.bench", *child_args(args, size, out)],
+                capture_output=True,
+                text=True,
+                env=os.environ,
+            )
+            if result.returncode != 0:
+                sys.stderr.write(result.stderr[-4000:])
+                raise SystemExit(f"the benchmark of size {size} failed (exit {result.returncode})")
+            lines = out.read_text().splitlines()
+        for line in lines:
+            records.append(json.loads(line))
+            print(line, flush=True)
+            if args.out is not None:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                with args.out.open("a") as f:
+                    f.write(line + "\n")
+    print(table(records), file=sys.stderr)
+
+
+def child_args(args: argparse.Namespace, size: int, out: Path) -> list[str]:
+    """The command line that benchmarks one size in a child process, writing to ``out``."""
+    argv = ["--child", str(out), "--sizes", str(size), "--device", args.device, "--warmup", str(args.warmup)]
+    argv += ["--batches", str(args.batches), "--rounds", str(args.rounds), "--data-batches", str(args.data_batches)]
+    argv += ["--fid-images", str(args.fid_images)]
+    if args.fid_eval_samples is not None:
+        argv += ["--fid-eval-samples", str(args.fid_eval_samples)]
+    if args.no_fid:
+        argv.append("--no-fid")
+    return [*argv, *args.overrides]
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    """The records as the README's Markdown table."""
+    by_size: dict[int, dict[str, Any]] = {}
+    for r in records:
+        by_size.setdefault(r["size"], {}).update({f"{r['bench']}.{k}": v for k, v in r.items()})
+    rows = [
+        "| size | batch | widths G/D | project img/s | plain img/s | ratio | data img/s | FID net img/s "
+        "| FID eval | peak memory |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size, r in sorted(by_size.items()):
+        fid_eval = f"{r['fid.fid_eval_s']} s (N={r['fid.fid_eval_num_samples']})" if "fid.fid_eval_s" in r else "-"
+        memory = r.get("train.peak_rss_mb") or r.get("train.peak_gpu_allocated_mb")
+        fid_net = (
+            f"{r['fid.fid_features_images_per_s']} ({r['fid.fid_features_speedup']}x)"
+            if "fid.fid_features_images_per_s" in r
+            else "-"
+        )
+        rows.append(
+            f"| {size} | {r['train.batch_size']} | {r['train.g_width']}/{r['train.d_width']} "
+            f"| {r['train.project_images_per_s']:.0f} | {r['train.plain_images_per_s']:.0f} | {r['train.ratio']:.3f} "
+            f"| {r['data.images_per_s']:.0f} | {fid_net} | {fid_eval} "
+            f"| {memory} MB |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
