@@ -23,9 +23,16 @@ from dcgan.faults import AtomicCheckpointIO, remove_stale_temporaries
 from dcgan.io import atomic_path, save_png
 from tests.helpers import REPO, check, run_script
 
-# Long enough epochs (300 batches of 32, tiny networks: ~3 s) for a signal sent just after
-# an epoch's checkpoint to land mid-way through the next epoch.
-LONG_EPOCHS = ("experiment=smoke", "eval.fid=false", "trainer.limit_train_batches=300", "trainer.max_epochs=3")
+# Long enough epochs (500 batches of 32, tiny networks: ~5 s on 2 cores) for a signal sent a
+# second after an epoch's checkpoint to land mid-way through the next epoch.
+BATCHES = 500
+LONG_EPOCHS = ("experiment=smoke", "eval.fid=false", f"trainer.limit_train_batches={BATCHES}", "trainer.max_epochs=3")
+
+
+def signal_mid_epoch(process: subprocess.Popen[str], last: Path, signum: int) -> None:
+    wait_for(last.exists, process)  # epoch 1 is done
+    time.sleep(1.0)  # well into epoch 2, whatever Lightning still does at the end of epoch 1
+    process.send_signal(signum)
 
 
 def start_training(log: Path, data_dir: Path, *overrides: str) -> subprocess.Popen[str]:
@@ -81,8 +88,7 @@ def test_sigterm_and_kill_9_then_resume_match_an_uninterrupted_run(tmp_path: Pat
 
     last, log = stopped / "checkpoints" / "last.ckpt", tmp_path / "log"
     run = start_training(log, data_dir, *LONG_EPOCHS, f"hydra.run.dir={stopped}")
-    wait_for(last.exists, run)  # epoch 1 done
-    run.send_signal(signal.SIGTERM)
+    signal_mid_epoch(run, last, signal.SIGTERM)
     stderr = finish(run, log)
     assert run.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     interrupted = stopped / "checkpoints" / "interrupted.ckpt"
@@ -91,7 +97,7 @@ def test_sigterm_and_kill_9_then_resume_match_an_uninterrupted_run(tmp_path: Pat
     assert "Traceback" not in stderr
     ckpt = torch.load(interrupted, weights_only=True)
     batches_done = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"]
-    assert 0 < batches_done < 300, "the signal should land mid-epoch"
+    assert 0 < batches_done < BATCHES, "the signal should land mid-epoch"
     record = json.loads((stopped / "metrics.json").read_text())
     assert record["status"] == "interrupted" and "SIGTERM" in record["error"]
 
@@ -109,7 +115,7 @@ def test_sigterm_and_kill_9_then_resume_match_an_uninterrupted_run(tmp_path: Pat
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected), "resumed run differs from the uninterrupted one"
     record = json.loads((stopped / "metrics.json").read_text())
-    assert (record["status"], record["epochs"], record["batches"]) == ("completed", 3, 900)
+    assert (record["status"], record["epochs"], record["batches"]) == ("completed", 3, 3 * BATCHES)
     assert record["resumed_from"] == str(last)
 
 
@@ -117,8 +123,7 @@ def test_sigterm_and_kill_9_then_resume_match_an_uninterrupted_run(tmp_path: Pat
 def test_ctrl_c_finishes_the_batch_and_saves(tmp_path: Path, data_dir: Path) -> None:
     last, log = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "log"
     run = start_training(log, data_dir, *LONG_EPOCHS, f"hydra.run.dir={tmp_path}")
-    wait_for(last.exists, run)
-    run.send_signal(signal.SIGINT)
+    signal_mid_epoch(run, last, signal.SIGINT)
     stderr = finish(run, log)
     assert run.returncode == 128 + signal.SIGINT, stderr[-3000:]
     assert "Ctrl-C: stopping after this batch and saving a checkpoint" in stderr
