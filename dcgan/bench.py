@@ -155,7 +155,8 @@ def project_rate(cfg: DictConfig, model: DCGAN, datamodule: ImageDataModule, war
 
 def plain_rate(model: DCGAN, datamodule: ImageDataModule, device: torch.device, warmup: int, batches: int) -> float:
     """Images/s of the same training step written as a bare loop: copies of G and D, the same
-    optimizer factories, losses, labels, batch size and in-memory uint8 data."""
+    optimizer factories, losses, labels, batch size and in-memory uint8 data, and the same
+    work per step (one G forward; D's weights frozen during G's backward)."""
     g, d = copy.deepcopy(model.generator).to(device), copy.deepcopy(model.discriminator).to(device)
     assert model.g_optimizer is not None and model.d_optimizer is not None
     g_opt, d_opt = model.g_optimizer(g.parameters()), model.d_optimizer(d.parameters())
@@ -177,10 +178,12 @@ def plain_rate(model: DCGAN, datamodule: ImageDataModule, device: torch.device, 
         d_opt.zero_grad(set_to_none=True)
         d_loss.backward()
         d_opt.step()
-        g_loss = generator_loss(d(fake))
+        d.requires_grad_(False)  # G's step needs no gradients of D's weights (the module's
+        g_loss = generator_loss(d(fake))  # toggle_optimizer does the same)
         g_opt.zero_grad(set_to_none=True)
         g_loss.backward()
         g_opt.step()
+        d.requires_grad_(True)
 
     for real in batches_of(warmup):
         step(real)
