@@ -26,6 +26,7 @@ import logging
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from dcgan.callbacks import FIDCallback
 from dcgan.data import ImageDataModule, to_unit_range
 from dcgan.errors import ReportedError
 from dcgan.losses import discriminator_loss, generator_loss
@@ -228,9 +230,9 @@ def fid_records(
     features_per_s = num_images / (time.perf_counter() - start)
     baseline_per_s = _torchmetrics_default_rate(cfg.eval.weights, images, device)
 
-    n = eval_samples or (1_000 if device.type == "cpu" else 10_000)
-    if cfg.eval.num_samples != "auto" and eval_samples is None:
-        n = int(cfg.eval.num_samples)
+    n = eval_samples or (
+        FIDCallback.auto_num_samples(device) if cfg.eval.num_samples == "auto" else int(cfg.eval.num_samples)
+    )
     # The reference side is computed once per dataset and cached, so it is not part of an
     # evaluation's cost; stand-in features of the right shape cost the same to compare.
     scorer = FIDScorer(extractor, torch.randn(n, FEATURE_DIM), n, n)
@@ -296,8 +298,8 @@ def bench_size(size: int, args: argparse.Namespace) -> list[dict[str, Any]]:
             "warmup": warmup,
             "timed_batches": batches,
             "rounds": rounds,
-            "project_images_per_s": round(statistics_median(project), 2),
-            "plain_images_per_s": round(statistics_median(plain), 2),
+            "project_images_per_s": round(statistics.median(project), 2),
+            "plain_images_per_s": round(statistics.median(plain), 2),
             "project_rounds": [round(r, 2) for r in project],
             "plain_rounds": [round(r, 2) for r in plain],
         }
@@ -310,12 +312,6 @@ def bench_size(size: int, args: argparse.Namespace) -> list[dict[str, Any]]:
             records.append(fid)
         env = environment(device) | peak_memory_mb(device)
         return [r | env for r in records]
-
-
-def statistics_median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 # --------------------------------------------------------------------------------------------
