@@ -14,6 +14,7 @@ from torch.optim import Optimizer
 from dcgan.errors import TrainingDiverged, UserInputError
 from dcgan.losses import discriminator_loss, generator_loss, instance_noise_std
 from dcgan.networks import Discriminator, Generator
+from dcgan.speed import Speed
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,8 @@ class DCGAN(L.LightningModule):
     The constructor takes plain values only (saved as hyperparameters), so
     ``DCGAN.load_from_checkpoint(path)`` rebuilds the networks from the checkpoint alone. The
     optimizer factories (e.g. ``functools.partial(torch.optim.Adam, lr=2e-4)``) are needed for
-    training only and are not saved.
+    training only and are not saved, as are the ``speed`` settings (how the networks run on
+    this machine: layout, fused optimizers, torch.compile; see dcgan/speed.py).
 
     Args:
         image_size, channels: the images, (channels, image_size, image_size).
@@ -75,6 +77,7 @@ class DCGAN(L.LightningModule):
         nonfinite_loss: str = "stop",
         g_optimizer: OptimizerFactory | None = None,
         d_optimizer: OptimizerFactory | None = None,
+        speed: Speed | None = None,
     ) -> None:
         super().__init__()
         _check_unit_interval("real_label", real_label)
@@ -94,7 +97,11 @@ class DCGAN(L.LightningModule):
             raise UserInputError(
                 f"model.nonfinite_loss={nonfinite_loss!r} is not known; choose one of {', '.join(NONFINITE_ACTIONS)}"
             )
-        self.save_hyperparameters(ignore=["g_optimizer", "d_optimizer"], logger=False)
+        self.speed = speed if speed is not None else Speed()
+        for key, factory in (("generator", g_optimizer), ("discriminator", d_optimizer)):
+            if factory is not None:
+                self.speed.check_optimizer(factory, key)
+        self.save_hyperparameters(ignore=["g_optimizer", "d_optimizer", "speed"], logger=False)
         self.automatic_optimization = False
         self.g_optimizer = g_optimizer
         self.d_optimizer = d_optimizer
@@ -124,13 +131,18 @@ class DCGAN(L.LightningModule):
 
     # -- training --------------------------------------------------------------------------
 
+    def configure_model(self) -> None:
+        # Before the Trainer moves the model to its device (which keeps the layout).
+        self.speed.apply(self.generator, self.discriminator)
+
     def configure_optimizers(self) -> list[Optimizer]:
         if self.g_optimizer is None or self.d_optimizer is None:
             raise RuntimeError(
                 "DCGAN was built without optimizer factories (as load_from_checkpoint does); "
                 "pass g_optimizer and d_optimizer to train it"
             )
-        return [self.g_optimizer(self.generator.parameters()), self.d_optimizer(self.discriminator.parameters())]
+        g_opt, d_opt = (self.speed.optimizer_factory(f, self.device) for f in (self.g_optimizer, self.d_optimizer))
+        return [g_opt(self.generator.parameters()), d_opt(self.discriminator.parameters())]
 
     def _noise_anneal_steps(self) -> int:
         steps = self.hparams.instance_noise_anneal_steps
@@ -149,7 +161,7 @@ class DCGAN(L.LightningModule):
         """One D update on ``batch`` (N, C, S, S) in [-1, 1], then one G update every
         ``d_steps_per_g`` batches. G runs forward once: D sees ``fake.detach()``, G's update
         reuses ``fake``."""
-        real = batch
+        real = batch.contiguous(memory_format=self.speed.memory_format)
         g_opt, d_opt = self.optimizers()  # type: ignore[misc]
         # Batches seen across epochs; Lightning restores it on resume (global_step would
         # count both optimizers' steps).

@@ -27,6 +27,7 @@ from dcgan.faults import AtomicCheckpointIO, InterruptCheckpoint, remove_stale_t
 from dcgan.io import atomic_path
 from dcgan.module import DCGAN, OptimizerFactory
 from dcgan.resume import resumed_config, resumed_job
+from dcgan.speed import Speed
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +37,17 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*
 
 def instantiate_node(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate``, with our own constructors' ``UserInputError`` (and a
-    ``TypeError`` from a misspelled or missing key) surfacing as a ``UserInputError`` that
-    names the config key, rather than Hydra's wrapped exception."""
+    ``TypeError`` or ``ValueError`` from a misspelled, missing or bad setting) surfacing as a
+    ``UserInputError`` that names the config key, rather than Hydra's wrapped exception. The
+    Trainer's constructor only checks its settings (``trainer.precision=foo``,
+    ``trainer.accelerator=gpu`` without one), so any error from it is the config's."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as e:
         cause = e.__cause__
         if isinstance(cause, UserInputError):
             raise cause from None
-        if isinstance(cause, TypeError):
+        if isinstance(cause, TypeError | ValueError) or (key == "trainer" and isinstance(cause, Exception)):
             raise UserInputError(f"{key}: {cause}") from None
         raise
 
@@ -90,7 +93,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, DCGAN, L.Trainer]:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     g_opt, d_opt = build_optimizer(cfg, "generator"), build_optimizer(cfg, "discriminator")
     datamodule: L.LightningDataModule = instantiate_node(cfg.dataset, "dataset")
-    model: DCGAN = instantiate_node(cfg.model, "model", g_optimizer=g_opt, d_optimizer=d_opt)
+    speed: Speed = instantiate_node(cfg.speed, "speed") if cfg.get("speed") else Speed()
+    model: DCGAN = instantiate_node(cfg.model, "model", g_optimizer=g_opt, d_optimizer=d_opt, speed=speed)
     callbacks = [
         instantiate_node(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items() if c is not None
     ]
@@ -98,6 +102,11 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, DCGAN, L.Trainer]:
         callbacks.append(fid_callback(cfg))
     callbacks.append(InterruptCheckpoint(Path(cfg.paths.output_dir) / "checkpoints"))
     loggers = [instantiate_node(cfg.logger, "logger")] if cfg.get("logger") else []
+    if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserInputError(
+            f"trainer.accelerator={cfg.trainer.accelerator}, but torch sees no CUDA GPU here "
+            f"(torch {torch.__version__}); use trainer=default (GPU if any, else CPU) or trainer=cpu"
+        )
     trainer: L.Trainer = instantiate_node(
         cfg.trainer, "trainer", callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()]
     )

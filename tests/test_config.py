@@ -133,6 +133,10 @@ def test_default_experiment_is_mnist28(compose_cfg: Callable[..., DictConfig]) -
         ("model.image_size=32", "model.image_size=32 is not supported; supported sizes are 28, 64, 128"),
         ("model.nonfinite_loss=ignore", "model.nonfinite_loss='ignore' is not known; choose one of stop, skip"),
         ("callbacks.checkpoint.every_n_epochs=0", "callbacks.checkpoint.every_n_epochs=0 must be >= 1"),
+        ("speed.compile_mode=fast", "speed.compile_mode='fast' is not known; choose one of default, reduce-overhead"),
+        ("speed.fused_optimizer=maybe", "speed.fused_optimizer='maybe' must be true, false or auto"),
+        ("speed.channels_last=1", "speed.channels_last=1 must be true or false"),
+        ("trainer.precision=bf17", "trainer: Precision 'bf17' is invalid. Allowed precision values"),
     ],
 )
 def test_bad_values_fail_before_any_work(compose_cfg: Callable[..., DictConfig], override: str, message: str) -> None:

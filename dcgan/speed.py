@@ -1,0 +1,105 @@
+"""How the networks run, not what they compute: memory layout, optimizer kernels, torch.compile.
+
+Mixed precision and cuDNN autotuning are Lightning's own Trainer switches
+(``trainer.precision=bf16-mixed``, ``trainer.benchmark``); these are the rest. Every switch
+changes results by float rounding only: a run resumed with other settings goes on training.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+
+from dcgan.errors import UserInputError
+
+# torch.compile's modes. reduce-overhead replays CUDA graphs (on a GPU; a CPU ignores it).
+COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+class Speed:
+    """Performance switches of a training run (config section ``speed``).
+
+    Args:
+        channels_last: convolution weights, inputs and activations in NHWC layout.
+        fused_optimizer: the optimizers' fused kernel (one kernel for all parameters instead
+            of a loop over them): ``True``, ``False``, or ``"auto"`` = on a GPU.
+        compile: ``torch.compile`` G and D in place (``nn.Module.compile``), so the state-dict
+            keys, and so checkpoints, stay the same as without it.
+        compile_mode: one of ``COMPILE_MODES``.
+
+    (A plain class, not a dataclass: Hydra would turn a dataclass passed to ``instantiate``
+    into a config node.)
+    """
+
+    def __init__(
+        self,
+        *,
+        channels_last: bool = True,
+        fused_optimizer: bool | str = "auto",
+        compile: bool = False,
+        compile_mode: str = "default",
+    ) -> None:
+        self.channels_last, self.fused_optimizer = channels_last, fused_optimizer
+        self.compile, self.compile_mode = compile, compile_mode
+        for name in ("channels_last", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserInputError(f"speed.{name}={getattr(self, name)!r} must be true or false")
+        if not (isinstance(self.fused_optimizer, bool) or self.fused_optimizer == "auto"):
+            raise UserInputError(f"speed.fused_optimizer={self.fused_optimizer!r} must be true, false or auto")
+        if self.compile_mode not in COMPILE_MODES:
+            raise UserInputError(
+                f"speed.compile_mode={self.compile_mode!r} is not known; choose one of {', '.join(COMPILE_MODES)}"
+            )
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "channels_last": self.channels_last,
+            "fused_optimizer": self.fused_optimizer,
+            "compile": self.compile,
+            "compile_mode": self.compile_mode,
+        }
+
+    def __repr__(self) -> str:
+        return f"Speed({', '.join(f'{k}={v!r}' for k, v in self.settings().items())})"
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def apply(self, *networks: nn.Module) -> None:
+        """Convert ``networks`` to this layout and compile them (in place; idempotent)."""
+        for net in networks:
+            net.to(memory_format=self.memory_format)
+            if self.compile and getattr(net, "_compiled_call_impl", None) is None:
+                net.compile(mode=self.compile_mode)
+
+    def fused_on(self, device: torch.device) -> bool:
+        return self.fused_optimizer is True or (self.fused_optimizer == "auto" and device.type == "cuda")
+
+    def optimizer_factory(self, factory: Any, device: torch.device) -> Any:
+        """``factory`` (parameters -> optimizer), taking the fused kernel on ``device`` if this
+        setting and the optimizer allow it."""
+        if self.fused_on(device) and accepts_fused(factory):
+            return functools.partial(factory, fused=True)
+        return factory
+
+    def check_optimizer(self, factory: Any, key: str) -> None:
+        """Refuse ``fused_optimizer: true`` for an optimizer without a fused kernel."""
+        if self.fused_optimizer is True and not accepts_fused(factory):
+            name = getattr(getattr(factory, "func", factory), "__name__", repr(factory))
+            raise UserInputError(
+                f"speed.fused_optimizer=true, but optimizer.{key} ({name}) has no fused kernel; "
+                "use Adam, AdamW or SGD, or set speed.fused_optimizer=auto"
+            )
+
+
+def accepts_fused(factory: Any) -> bool:
+    """Whether ``factory(params, fused=True)`` is accepted (torch's Adam, AdamW, SGD, ...)."""
+    try:
+        return "fused" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,109 @@
+"""The speed switches (conf `speed`, dcgan/speed.py; trainer.precision): each changes how the
+networks run, and none changes what a checkpoint holds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from dcgan.errors import UserInputError
+from dcgan.module import DCGAN
+from dcgan.sampling import load_generator_module
+from dcgan.speed import Speed
+from dcgan.train import build, train
+
+QUIET = ("logger=csv", "eval.fid=false", "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false")
+
+
+def fit(compose_cfg: Callable[..., DictConfig], *overrides: str, run: str) -> tuple[DCGAN, L.Trainer]:
+    """Three batches of the smoke experiment, as train.py builds it."""
+    cfg = compose_cfg(
+        "experiment=smoke", *QUIET, "trainer.max_epochs=1", "trainer.limit_train_batches=3", *overrides, run=run
+    )
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule)
+    return model, trainer
+
+
+def conv_weights(model: DCGAN) -> list[torch.Tensor]:
+    return [p for p in model.parameters() if p.dim() == 4]
+
+
+def test_channels_last_changes_the_layout_not_the_training(compose_cfg: Callable[..., DictConfig]) -> None:
+    nhwc, _ = fit(compose_cfg, "speed.channels_last=true", run="nhwc")
+    nchw, _ = fit(compose_cfg, "speed.channels_last=false", run="nchw")
+    # (a weight with one input channel, or 1x1 kernels, is laid out alike either way)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights(nhwc))
+    assert sum(not w.is_contiguous() for w in conv_weights(nhwc)) >= 3
+    assert all(w.is_contiguous() for w in conv_weights(nchw))
+    # Same seed, same batches: the weights after 3 Adam steps differ by float rounding only
+    # (Adam's steps are at most lr = 2e-4 each).
+    for (name, a), b in zip(nhwc.state_dict().items(), nchw.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=5e-4), name
+
+
+@pytest.mark.parametrize(("setting", "fused"), [("true", True), ("false", False), ("auto", False)])
+def test_fused_optimizer(compose_cfg: Callable[..., DictConfig], setting: str, fused: bool) -> None:
+    _, trainer = fit(compose_cfg, f"speed.fused_optimizer={setting}", run=setting)
+    assert [bool(opt.defaults["fused"]) for opt in trainer.optimizers] == [fused, fused]
+
+
+def test_fused_auto_means_on_a_gpu_and_needs_an_optimizer_that_has_it(
+    compose_cfg: Callable[..., DictConfig],
+) -> None:
+    auto = Speed(fused_optimizer="auto")
+    assert auto.fused_on(torch.device("cuda")) and not auto.fused_on(torch.device("cpu"))
+    adamax = ("optimizer.generator._target_=torch.optim.Adamax",)
+    with pytest.raises(UserInputError, match=r"optimizer.generator \(Adamax\) has no fused kernel"):
+        build(compose_cfg("experiment=smoke", "speed.fused_optimizer=true", *adamax))
+    build(compose_cfg("experiment=smoke", "speed.fused_optimizer=auto", *adamax))  # auto: torch's default
+
+
+@pytest.mark.slow
+def test_compiled_training_writes_checkpoints_that_load_without_compile(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    cfg = compose_cfg(
+        "experiment=smoke", *QUIET, "speed.compile=true", "trainer.max_epochs=1", "trainer.limit_train_batches=2"
+    )
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    record = train(cfg)
+    assert record["status"] == "completed" and record["batches"] == 2
+    # G and D were compiled: training (D with and without weight gradients) and sampling
+    assert counters["stats"]["unique_graphs"] - graphs >= 3
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    keys = set(ckpt["state_dict"])
+    assert not any("_orig_mod" in k for k in keys)
+    assert keys == set(DCGAN(**ckpt["hyper_parameters"]).state_dict())
+    model = load_generator_module(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    images = model.generate(torch.randn(4, model.hparams.latent_dim))
+    assert images.shape == (4, 1, 28, 28) and torch.isfinite(images).all()
+    assert (tmp_path / "run" / "samples").is_dir() and any((tmp_path / "run" / "samples").iterdir())
+
+
+def test_bf16_mixed_runs_the_step_in_bfloat16_and_keeps_float32_weights(
+    compose_cfg: Callable[..., DictConfig],
+) -> None:
+    def run(precision: str) -> tuple[DCGAN, dict[str, float]]:
+        model, trainer = fit(compose_cfg, f"trainer.precision={precision}", run=precision)
+        return model, {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    bf16_model, bf16 = run("bf16-mixed")
+    _, fp32 = run("32-true")
+
+    def representable(x: float) -> bool:
+        return float(torch.tensor(x).bfloat16().float()) == x
+
+    # D's outputs came out of bfloat16 layers under autocast, and only then
+    assert representable(bf16["train/d_real"]) and representable(bf16["train/d_fake"])
+    assert not (representable(fp32["train/d_real"]) and representable(fp32["train/d_fake"]))
+    # the losses are computed in float32 (BCE-with-logits is on autocast's float32 list)
+    assert all(torch.isfinite(torch.tensor(v)) for v in bf16.values())
+    assert {p.dtype for p in bf16_model.parameters()} == {torch.float32}
