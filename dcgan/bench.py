@@ -6,13 +6,16 @@ mnist28, fashion64, fashion128), in one process per size:
 - ``train``: training images/s through the project's real path (the Hydra config, DataModule,
   LightningModule and Trainer, with the configured logger, checkpoints and sample grids; FID
   off) and through a minimal plain PyTorch loop on copies of the same networks, with the same
-  optimizers, losses, batch size and in-memory data. The two alternate, ``--rounds`` times,
-  each timing ``--batches`` batches after ``--warmup`` untimed ones; the ratio is project/plain.
+  optimizers, losses, batch size and in-memory data, and the same speed settings (layout,
+  fused optimizer, torch.compile, bf16 autocast). The two alternate, ``--rounds`` times, each
+  timing ``--batches`` batches after ``--warmup`` untimed ones; the ratio is project/plain.
+  With ``--baseline``, a third loop alternates with them: the plain loop in float32, NCHW,
+  uncompiled, with torch's default optimizer kernels; ``speedup`` is project/baseline.
 - ``data``: images/s that the data path alone delivers to the device, scaled to [-1, 1].
 - ``fid``: images/s of the FID Inception network alone, and the time of one in-training
   evaluation (generate ``eval.num_samples`` images, features, FID) at the configured N.
-- every record: device, torch version, threads, dtype, compile on/off, peak memory (RSS on a
-  CPU, max allocated on a GPU).
+- every record: device, torch version, threads, precision, compile mode (or false), layout,
+  fused optimizer, cuDNN benchmark, peak memory (RSS on a CPU, max allocated on a GPU).
 
 One JSON line per record on stdout (and appended to ``--out``); a table on stderr.
 """
@@ -43,14 +46,18 @@ from omegaconf import DictConfig
 
 from dcgan.callbacks import FIDCallback
 from dcgan.data import ImageDataModule, to_unit_range
-from dcgan.errors import ReportedError
+from dcgan.errors import ReportedError, UserInputError
 from dcgan.losses import discriminator_loss, generator_loss
 from dcgan.metrics import FEATURE_DIM, FIDScorer, InceptionFeatures, load_inception
 from dcgan.module import DCGAN
 from dcgan.sampling import latents
+from dcgan.speed import Speed
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = {28: "mnist28", 64: "fashion64", 128: "fashion128"}
+
+# --baseline: how the networks run without any speed switch.
+BASELINE = Speed(channels_last=False, fused_optimizer=False, compile=False)
 
 # (warmup, timed batches, rounds) for --quick and for a full run.
 QUICK = (2, 5, 2)
@@ -72,14 +79,31 @@ def compose_experiment(size: int, output_dir: Path, *overrides: str) -> DictConf
         )
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device, model: DCGAN, trainer: L.Trainer) -> dict[str, Any]:
+    speed = model.speed
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {cpu_name()}",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "dtype": "float32",
-        "compile": False,
+        "precision": str(trainer.precision),
+        "compile": speed.compile_mode if speed.compile else False,
+        "channels_last": speed.channels_last,
+        "fused_optimizer": speed.fused_on(device),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if device.type == "cuda" else None,
     }
+
+
+# trainer.precision -> the autocast dtype the plain loop mirrors it with.
+AUTOCAST: dict[str, torch.dtype | None] = {"32-true": None, "bf16-mixed": torch.bfloat16}
+
+
+def autocast_dtype(trainer: L.Trainer) -> torch.dtype | None:
+    precision = str(trainer.precision)
+    if precision not in AUTOCAST:
+        raise UserInputError(
+            f"the benchmark's plain loop mirrors trainer.precision {' or '.join(AUTOCAST)}, not {precision}"
+        )
+    return AUTOCAST[precision]
 
 
 def cpu_name() -> str:
@@ -155,13 +179,24 @@ def project_rate(cfg: DictConfig, model: DCGAN, datamodule: ImageDataModule, war
 # the plain PyTorch loop
 
 
-def plain_rate(model: DCGAN, datamodule: ImageDataModule, device: torch.device, warmup: int, batches: int) -> float:
-    """Images/s of the same training step written as a bare loop: copies of G and D, the same
-    optimizer factories, losses, labels, batch size and in-memory uint8 data, and the same
-    work per step (one G forward; D's weights frozen during G's backward)."""
+def plain_rate(
+    model: DCGAN,
+    datamodule: ImageDataModule,
+    device: torch.device,
+    warmup: int,
+    batches: int,
+    speed: Speed,
+    autocast: torch.dtype | None,
+) -> float:
+    """Images/s of the same training step written as a bare loop: copies of G and D (not
+    compiled: ``nn.Module.compile`` is not copied), the same optimizer factories, losses,
+    labels, batch size and in-memory uint8 data, and the same work per step (one G forward;
+    D's weights frozen during G's backward), run with ``speed`` and under ``autocast``."""
     g, d = copy.deepcopy(model.generator).to(device), copy.deepcopy(model.discriminator).to(device)
+    speed.apply(g, d)
     assert model.g_optimizer is not None and model.d_optimizer is not None
-    g_opt, d_opt = model.g_optimizer(g.parameters()), model.d_optimizer(d.parameters())
+    g_opt = speed.optimizer_factory(model.g_optimizer, device)(g.parameters())
+    d_opt = speed.optimizer_factory(model.d_optimizer, device)(d.parameters())
     hp = model.hparams
     assert datamodule.images is not None, "the benchmark needs the in-memory data path"
     images = datamodule.images.to(device)
@@ -171,21 +206,22 @@ def plain_rate(model: DCGAN, datamodule: ImageDataModule, device: torch.device, 
     def batches_of(n: int) -> Iterator[torch.Tensor]:
         for _ in range(n):
             index = torch.randint(0, len(images), (b,), generator=generator).to(device)
-            yield to_unit_range(images.index_select(0, index))
+            yield to_unit_range(images.index_select(0, index)).contiguous(memory_format=speed.memory_format)
 
     def step(real: torch.Tensor) -> None:
-        z = torch.randn(len(real), hp.latent_dim, device=device)
-        fake = g(z)
-        d_loss = discriminator_loss(d(real), d(fake.detach()), hp.real_label, hp.fake_label)
-        d_opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        d_opt.step()
-        d.requires_grad_(False)  # G's step needs no gradients of D's weights (the module's
-        g_loss = generator_loss(d(fake))  # toggle_optimizer does the same)
-        g_opt.zero_grad(set_to_none=True)
-        g_loss.backward()
-        g_opt.step()
-        d.requires_grad_(True)
+        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            z = torch.randn(len(real), hp.latent_dim, device=device)
+            fake = g(z)
+            d_loss = discriminator_loss(d(real), d(fake.detach()), hp.real_label, hp.fake_label)
+            d_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            d_opt.step()
+            d.requires_grad_(False)  # G's step needs no gradients of D's weights (the module's
+            g_loss = generator_loss(d(fake))  # toggle_optimizer does the same)
+            g_opt.zero_grad(set_to_none=True)
+            g_loss.backward()
+            g_opt.step()
+            d.requires_grad_(True)
 
     for real in batches_of(warmup):
         step(real)
@@ -287,11 +323,14 @@ def bench_size(size: int, args: argparse.Namespace) -> list[dict[str, Any]]:
         base = {"size": size, "experiment": EXPERIMENTS[size], "batch_size": datamodule.batch_size}
         base |= {k: model.hparams[k] for k in ("g_width", "d_width", "latent_dim")}
 
-        project, plain = [], []
+        autocast = autocast_dtype(trainer)
+        project, plain, baseline = [], [], []
         for _ in range(rounds):
             project.append(project_rate(cfg, model, datamodule, warmup, batches))
             model.to(device)
-            plain.append(plain_rate(model, datamodule, device, warmup, batches))
+            plain.append(plain_rate(model, datamodule, device, warmup, batches, model.speed, autocast))
+            if args.baseline:
+                baseline.append(plain_rate(model, datamodule, device, warmup, batches, BASELINE, None))
         train = {
             "bench": "train",
             **base,
@@ -304,13 +343,17 @@ def bench_size(size: int, args: argparse.Namespace) -> list[dict[str, Any]]:
             "plain_rounds": [round(r, 2) for r in plain],
         }
         train["ratio"] = round(train["project_images_per_s"] / train["plain_images_per_s"], 3)
+        if baseline:
+            train["baseline_images_per_s"] = round(statistics.median(baseline), 2)
+            train["baseline_rounds"] = [round(r, 2) for r in baseline]
+            train["speedup"] = round(train["project_images_per_s"] / train["baseline_images_per_s"], 3)
         data = {"bench": "data", **base, "images_per_s": round(data_rate(datamodule, device, args.data_batches), 1)}
         data["ratio_to_training"] = round(data["images_per_s"] / train["project_images_per_s"], 1)
         records = [train, data]
         if not args.no_fid:
             fid = {"bench": "fid", **base, **fid_records(cfg, model, device, args.fid_images, args.fid_eval_samples)}
             records.append(fid)
-        env = environment(device) | peak_memory_mb(device)
+        env = environment(device, model, trainer) | peak_memory_mb(device)
         return [r | env for r in records]
 
 
@@ -330,6 +373,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fid-images", type=int, help="images for the Inception rate (default 64, quick 32)")
     p.add_argument("--fid-eval-samples", type=int, help="N of the timed evaluation (default: as in training)")
     p.add_argument("--no-fid", action="store_true", help="skip the FID measurements (no Inception weights needed)")
+    p.add_argument(
+        "--baseline", action="store_true", help="also time the plain loop in float32, NCHW, uncompiled (speed-up)"
+    )
     p.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every size, e.g. dataset.batch_size=64")
@@ -391,8 +437,8 @@ def child_args(args: argparse.Namespace, size: int, out: Path) -> list[str]:
     argv += ["--fid-images", str(args.fid_images)]
     if args.fid_eval_samples is not None:
         argv += ["--fid-eval-samples", str(args.fid_eval_samples)]
-    if args.no_fid:
-        argv.append("--no-fid")
+    argv += ["--no-fid"] if args.no_fid else []
+    argv += ["--baseline"] if args.baseline else []
     return [*argv, *args.overrides]
 
 
@@ -401,11 +447,11 @@ def table(records: list[dict[str, Any]]) -> str:
     by_size: dict[int, dict[str, Any]] = {}
     for r in records:
         by_size.setdefault(r["size"], {}).update({f"{r['bench']}.{k}": v for k, v in r.items()})
-    rows = [
-        "| size | batch | widths G/D | project img/s | plain img/s | ratio | data img/s | FID net img/s "
-        "| FID eval | peak memory |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    baseline = any("train.baseline_images_per_s" in r for r in by_size.values())
+    columns = ["size", "batch", "widths G/D", "project img/s", "plain img/s", "ratio"]
+    columns += ["fp32 NCHW plain img/s", "speed-up"] if baseline else []
+    columns += ["data img/s", "FID net img/s", "FID eval", "peak memory"]
+    rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for size, r in sorted(by_size.items()):
         fid_eval = f"{r['fid.fid_eval_s']} s (N={r['fid.fid_eval_num_samples']})" if "fid.fid_eval_s" in r else "-"
         memory = r.get("train.peak_rss_mb") or r.get("train.peak_gpu_allocated_mb")
@@ -414,12 +460,19 @@ def table(records: list[dict[str, Any]]) -> str:
             if "fid.fid_features_images_per_s" in r
             else "-"
         )
-        rows.append(
-            f"| {size} | {r['train.batch_size']} | {r['train.g_width']}/{r['train.d_width']} "
-            f"| {r['train.project_images_per_s']:.0f} | {r['train.plain_images_per_s']:.0f} | {r['train.ratio']:.3f} "
-            f"| {r['data.images_per_s']:.0f} | {fid_net} | {fid_eval} "
-            f"| {memory} MB |"
-        )
+        cells = [str(size), str(r["train.batch_size"]), f"{r['train.g_width']}/{r['train.d_width']}"]
+        cells += [
+            f"{r['train.project_images_per_s']:.0f}",
+            f"{r['train.plain_images_per_s']:.0f}",
+            f"{r['train.ratio']:.3f}",
+        ]
+        if baseline:
+            cells += [
+                f"{r.get('train.baseline_images_per_s', float('nan')):.0f}",
+                f"{r.get('train.speedup', float('nan')):.2f}x",
+            ]
+        cells += [f"{r['data.images_per_s']:.0f}", fid_net, fid_eval, f"{memory} MB"]
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

@@ -12,18 +12,27 @@ import pytest
 
 from tests.helpers import REPO
 
-ENVIRONMENT_KEYS = {"device", "torch", "threads", "dtype", "compile", "peak_rss_mb"}
+ENVIRONMENT_KEYS = {
+    "device", "torch", "threads", "precision", "compile", "channels_last", "fused_optimizer", "peak_rss_mb"
+}  # fmt: skip
+TINY = ["model.g_width=8", "model.d_width=8"]
+
+
+def bench(*args: str, data_dir: Path, fid_weights: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {"DCGAN_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"}
+    env |= {"DCGAN_FID_WEIGHTS": str(fid_weights)} if fid_weights else {}
+    return subprocess.run(
+        [sys.executable, "-m", "dcgan.bench", *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=env
+    )
 
 
 @pytest.mark.slow
 def test_bench_records(tmp_path: Path, data_dir: Path, fid_weights: Path) -> None:
     out = tmp_path / "bench.jsonl"
-    tiny = ["model.g_width=8", "model.d_width=8"]
-    result = subprocess.run(
-        [sys.executable, "-m", "dcgan.bench", "--sizes", "28", "--warmup", "1", "--batches", "2", "--rounds", "2",
-         "--data-batches", "5", "--fid-images", "4", "--fid-eval-samples", "8", "--out", str(out), *tiny],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-        env={"DCGAN_DATA_DIR": str(data_dir), "DCGAN_FID_WEIGHTS": str(fid_weights), "PATH": "/usr/bin:/bin"},
+    result = bench(
+        "--sizes", "28", "--warmup", "1", "--batches", "2", "--rounds", "2", "--data-batches", "5",
+        "--fid-images", "4", "--fid-eval-samples", "8", "--out", str(out), *TINY,
+        data_dir=data_dir, fid_weights=fid_weights,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in result.stdout.splitlines()]
@@ -32,7 +41,8 @@ def test_bench_records(tmp_path: Path, data_dir: Path, fid_weights: Path) -> Non
     assert (train["bench"], data["bench"], fid["bench"]) == ("train", "data", "fid")
     for record in records:
         assert record.keys() >= ENVIRONMENT_KEYS and record["size"] == 28 and record["batch_size"] == 128
-        assert record["device"].startswith("cpu") and record["dtype"] == "float32" and record["compile"] is False
+        assert record["device"].startswith("cpu") and record["precision"] == "32-true" and record["compile"] is False
+        assert record["channels_last"] is True and record["fused_optimizer"] is False  # the defaults on a CPU
     assert (train["g_width"], train["rounds"], len(train["project_rounds"]), len(train["plain_rounds"])) == (8, 2, 2, 2)
     assert train["project_images_per_s"] > 0 and train["plain_images_per_s"] > 0
     assert train["ratio"] == pytest.approx(train["project_images_per_s"] / train["plain_images_per_s"], abs=1e-3)
@@ -40,10 +50,31 @@ def test_bench_records(tmp_path: Path, data_dir: Path, fid_weights: Path) -> Non
     assert fid["fid_features_images_per_s"] > 0 and fid["fid_features_torchmetrics_default_images_per_s"] > 0
     assert fid["fid_eval_num_samples"] == 8 and fid["fid_eval_s"] > 0
     assert "| 28 | 128 | 8/8 |" in result.stderr  # the README table
+    assert "speed-up" not in result.stderr and "speedup" not in train
 
 
-def test_bench_refuses_bad_arguments() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "dcgan.bench", "--batches", "0"], cwd=REPO, capture_output=True, text=True
-    )
+@pytest.mark.slow
+def test_bench_baseline_and_switches(data_dir: Path) -> None:
+    """--baseline times the float32 NCHW plain loop too; the records name the switches used."""
+    result = bench(
+        "--sizes", "28", "--warmup", "1", "--batches", "2", "--rounds", "1", "--data-batches", "2", "--no-fid",
+        "--baseline", "trainer.precision=bf16-mixed", "speed.fused_optimizer=true", *TINY, data_dir=data_dir,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    train, data = (json.loads(line) for line in result.stdout.splitlines())
+    assert (train["precision"], train["fused_optimizer"], train["channels_last"]) == ("bf16-mixed", True, True)
+    assert data["bench"] == "data" and data["precision"] == "bf16-mixed"
+    assert len(train["baseline_rounds"]) == 1 and train["baseline_images_per_s"] > 0
+    assert train["speedup"] == pytest.approx(train["project_images_per_s"] / train["baseline_images_per_s"], abs=1e-3)
+    assert "| speed-up |" in result.stderr and "x |" in result.stderr
+
+
+def test_bench_refuses_bad_arguments(data_dir: Path) -> None:
+    result = bench("--batches", "0", data_dir=data_dir)
     assert result.returncode == 2 and "--batches must be positive" in result.stderr
+    result = bench("--sizes", "28", "--no-fid", "trainer.precision=64-true", *TINY, data_dir=data_dir)
+    assert result.returncode != 0
+    assert (
+        "error: the benchmark's plain loop mirrors trainer.precision 32-true or bf16-mixed, not 64-true"
+        in result.stderr
+    )
