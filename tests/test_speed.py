@@ -107,3 +107,24 @@ def test_bf16_mixed_runs_the_step_in_bfloat16_and_keeps_float32_weights(
     # the losses are computed in float32 (BCE-with-logits is on autocast's float32 list)
     assert all(torch.isfinite(torch.tensor(v)) for v in bf16.values())
     assert {p.dtype for p in bf16_model.parameters()} == {torch.float32}
+
+
+def test_step_metrics_are_logged_only_when_written_and_at_epoch_ends(
+    compose_cfg: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logged: list[int] = []
+    real_log_step = DCGAN._log_step
+
+    def spy(self: DCGAN, *args: object) -> None:
+        logged.append(self.trainer.fit_loop.total_batch_idx + 1)
+        real_log_step(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DCGAN, "_log_step", spy)
+    cfg = compose_cfg("experiment=smoke", *QUIET, "trainer.log_every_n_steps=3")  # 2 epochs of 5 batches
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule)
+    assert logged == [3, 5, 6, 9, 10]  # every 3rd batch of the run, and each epoch's last
+    # the values of the run's last batch, as plain floats
+    metrics = trainer.callback_metrics
+    assert set(metrics) >= {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"}
+    assert 0 < float(metrics["train/d_real"]) < 1 and float(metrics["train/d_loss"]) > 0
