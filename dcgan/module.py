@@ -181,7 +181,6 @@ class DCGAN(L.LightningModule):
         self._update(d_opt, d_loss, "d_loss", batch_idx)
         self.untoggle_optimizer(d_opt)
 
-        g_loss = None
         if update_g:
             self.toggle_optimizer(g_opt)
             g_loss = generator_loss(self.discriminator(self._with_noise(fake, noise_std)))
