@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -22,6 +23,18 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 
 # What a NaN or infinite loss does: stop the run, or skip that update and count it.
 NONFINITE_ACTIONS = ("stop", "skip")
+# Losses read at the latest after this many updates, however rarely the logger writes: each
+# holds a small GPU allocation until then.
+MAX_UNCHECKED_LOSSES = 1000
+
+
+class _Where(NamedTuple):
+    """Which loss of which batch (0-based), for the message about a non-finite one."""
+
+    loss: str
+    epoch: int
+    batch_idx: int
+    run_batch_idx: int
 
 
 def _check_unit_interval(name: str, value: float) -> None:
@@ -54,7 +67,10 @@ class DCGAN(L.LightningModule):
         nonfinite_loss: a NaN or infinite loss ``"stop"``s the run (``TrainingDiverged``,
             naming the loss and the batch; checkpoints are only written at epoch ends, so
             ``last.ckpt`` keeps the last good state) or is ``"skip"``ped: that network's
-            update is dropped and counted in ``train/nonfinite_skipped``.
+            update is dropped and counted in ``train/nonfinite_skipped``. With a fused
+            optimizer (on a GPU by default) the update is dropped on the device and the losses
+            are read at logging steps, so a run stops up to ``trainer.log_every_n_steps``
+            batches later, before any checkpoint, with no non-finite update applied.
     """
 
     def __init__(
@@ -111,6 +127,7 @@ class DCGAN(L.LightningModule):
         # checkpoint, so grids stay comparable across epochs and across a resume.
         self.register_buffer("fixed_noise", torch.randn(num_fixed_samples, latent_dim))
         self.nonfinite_skipped = 0
+        self._unchecked: list[tuple[Tensor, _Where]] = []  # losses not yet read (see _update)
         self._last_g_loss: Tensor | None = None
         self._rng_states: dict[str, Any] | None = None
 
@@ -188,6 +205,7 @@ class DCGAN(L.LightningModule):
             self.untoggle_optimizer(g_opt)
             self._last_g_loss = g_loss.detach()
         if self._log_now(batch_idx):
+            self._check_losses()  # before the values are logged, and before an epoch's checkpoints
             self._log_step(d_loss, real_logits, fake_logits, noise_std)
 
     def _log_now(self, batch_idx: int) -> bool:
@@ -220,27 +238,67 @@ class DCGAN(L.LightningModule):
         self.log_dict(floats)
 
     def _update(self, opt: Any, loss: Tensor, name: str, batch_idx: int) -> None:
-        """Backward and step, unless ``loss`` is NaN or infinite on any rank: then stop the
-        run or skip the step (``nonfinite_loss``). Backward runs either way, so DDP's gradient
-        reduction stays in step on every rank."""
+        """Backward and step, unless ``loss`` is NaN or infinite (on any rank): then the update is
+        dropped, and the run stops or goes on (``nonfinite_loss``). Backward runs either way, so
+        DDP's gradient reduction stays in step on every rank.
+
+        Reading a loss on the host waits for the GPU to finish the batch so far, twice a batch,
+        which starves small networks. Where the optimizer can drop its own update on the device
+        (fused Adam, AdamW, SGD: the ``found_inf`` input GradScaler uses) and one process trains,
+        the losses are read later instead, at the next logging step (``_check_losses``)."""
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        finite = bool(torch.isfinite(loss.detach()))
+        loss = loss.detach()
+        where = _Where(name, self.current_epoch, batch_idx, self.trainer.fit_loop.total_batch_idx)
+        if self._skips_on_device(opt.optimizer):
+            opt.optimizer.found_inf = torch.isfinite(loss).logical_not().float()
+            try:
+                opt.step()
+            finally:
+                del opt.optimizer.found_inf
+            self._unchecked.append((loss, where))
+            if len(self._unchecked) >= MAX_UNCHECKED_LOSSES:
+                self._check_losses()
+            return
+        finite = bool(torch.isfinite(loss))
         if self.trainer.world_size > 1:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
             opt.step()
             return
-        where = (
-            f"epoch {self.current_epoch + 1}, batch {batch_idx + 1} "
-            f"(batch {self.trainer.fit_loop.total_batch_idx + 1} of the run)"
-        )
-        if self.hparams.nonfinite_loss == "stop":
-            raise TrainingDiverged(f"{name} is {loss.item()} at {where}")
         opt.zero_grad(set_to_none=True)
+        self._nonfinite(loss.item(), where)
+
+    def _skips_on_device(self, optimizer: Optimizer) -> bool:
+        return (
+            self.trainer.world_size == 1
+            and getattr(optimizer, "_step_supports_amp_scaling", False)
+            # A GradScaler (16-mixed) sets found_inf itself.
+            and getattr(self.trainer.precision_plugin, "scaler", None) is None
+        )
+
+    def _check_losses(self) -> None:
+        """Read the losses of the updates since the last check (one transfer); act on the first
+        non-finite one. Their updates were already dropped on the device."""
+        if not self._unchecked:
+            return
+        unchecked, self._unchecked = self._unchecked, []
+        values = torch.stack([loss.float() for loss, _ in unchecked]).tolist()
+        for value, (_, where) in zip(values, unchecked, strict=True):
+            if not math.isfinite(value):
+                self._nonfinite(value, where)
+
+    def _nonfinite(self, value: float, where: _Where) -> None:
+        """A dropped update: stop the run or count it (``nonfinite_loss``)."""
+        at = f"epoch {where.epoch + 1}, batch {where.batch_idx + 1} (batch {where.run_batch_idx + 1} of the run)"
+        if self.hparams.nonfinite_loss == "stop":
+            raise TrainingDiverged(f"{where.loss} is {value} at {at}")
         self.nonfinite_skipped += 1
         if self.nonfinite_skipped == 1:
-            log.warning("%s is %s at %s; skipping such updates (model.nonfinite_loss=skip)", name, loss.item(), where)
+            log.warning("%s is %s at %s; skipping such updates (model.nonfinite_loss=skip)", where.loss, value, at)
+
+    def on_train_epoch_end(self) -> None:
+        self._check_losses()  # (the epoch's last batch already did, as it logs)
 
     # -- checkpoints: exact resumes ----------------------------------------------------------
 
@@ -251,6 +309,7 @@ class DCGAN(L.LightningModule):
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
+        self._check_losses()  # a count that includes every batch saved
         checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

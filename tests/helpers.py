@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,3 +63,19 @@ def run_script(
 def check(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
+
+
+def nan_loss_at(monkeypatch: pytest.MonkeyPatch, call: int) -> list[int]:
+    """Make the discriminator's loss NaN on its ``call``-th evaluation (one per batch); return
+    the list that counts the evaluations."""
+    import dcgan.module
+
+    real_loss, calls = dcgan.module.discriminator_loss, []
+
+    def loss(*args: object) -> torch.Tensor:
+        calls.append(1)
+        value = real_loss(*args)  # type: ignore[arg-type]
+        return value * float("nan") if len(calls) == call else value
+
+    monkeypatch.setattr(dcgan.module, "discriminator_loss", loss)
+    return calls

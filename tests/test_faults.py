@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from dcgan.errors import OutputError, TrainingDiverged
 from dcgan.faults import AtomicCheckpointIO, remove_stale_temporaries
 from dcgan.io import atomic_path, save_png
-from tests.helpers import REPO, check, run_script
+from tests.helpers import REPO, check, nan_loss_at, run_script
 
 # Long enough epochs (500 batches of 32, tiny networks: ~5 s on 2 cores) for a signal sent a
 # second after an epoch's checkpoint to land mid-way through the next epoch.
@@ -198,34 +198,31 @@ def test_run_folder_that_cannot_be_created(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def _nan_at(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
-    """Make the discriminator's loss NaN on its ``call``-th evaluation (one per batch)."""
-    import dcgan.module
-
-    real_loss, calls = dcgan.module.discriminator_loss, []
-
-    def loss(*args: object) -> torch.Tensor:
-        calls.append(1)
-        value = real_loss(*args)  # type: ignore[arg-type]
-        return value * float("nan") if len(calls) == call else value
-
-    monkeypatch.setattr(dcgan.module, "discriminator_loss", loss)
-
-
+# fused=false: the loss is read at each update; true: the update is dropped on the device
+# and the losses are read at logging steps (the default on a GPU). Both must behave alike.
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.filterwarnings("ignore:The number of training batches")  # log_every_n_steps > 5, on purpose
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
-    compose_cfg: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fused: bool
 ) -> None:
     from dcgan.train import train
 
-    _nan_at(monkeypatch, call=8)  # epoch 2 (5 batches per epoch), batch 3
+    calls = nan_loss_at(monkeypatch, call=8)  # epoch 2 (5 batches per epoch), batch 3
     cfg = compose_cfg(
-        "experiment=smoke", "eval.fid=false", "trainer.max_epochs=3", "+trainer.enable_progress_bar=false"
+        "experiment=smoke",
+        "eval.fid=false",
+        "trainer.max_epochs=3",
+        "trainer.log_every_n_steps=50",
+        "+trainer.enable_progress_bar=false",
+        f"speed.fused_optimizer={str(fused).lower()}",
     )
     run_dir = tmp_path / "run"
     with pytest.raises(TrainingDiverged) as info:
         train(cfg)
     message = str(info.value)
     assert message.startswith("d_loss is nan at epoch 2, batch 3 (batch 8 of the run). Training stopped; ")
+    # Read at once, or at the next logging step: epoch 2's last batch (log_every_n_steps > 5).
+    assert len(calls) == (10 if fused else 8)
     assert f"the last good state is {run_dir / 'checkpoints' / 'last.ckpt'}" in message
     assert f"python train.py resume={run_dir}" in message and "model.nonfinite_loss=skip" in message
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
@@ -236,14 +233,19 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert record["status"] == "failed" and record["error"].startswith("TrainingDiverged: d_loss is nan at epoch 2")
 
 
+@pytest.mark.parametrize("fused", [False, True])
 def test_nan_losses_can_be_skipped_and_counted(
-    compose_cfg: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fused: bool
 ) -> None:
     from dcgan.train import train
 
-    _nan_at(monkeypatch, call=3)
+    nan_loss_at(monkeypatch, call=3)
     cfg = compose_cfg(
-        "experiment=smoke", "eval.fid=false", "model.nonfinite_loss=skip", "+trainer.enable_progress_bar=false"
+        "experiment=smoke",
+        "eval.fid=false",
+        "model.nonfinite_loss=skip",
+        "+trainer.enable_progress_bar=false",
+        f"speed.fused_optimizer={str(fused).lower()}",
     )
     record = train(cfg)
     assert record["status"] == "completed" and record["metrics"]["train/nonfinite_skipped"] == 1
