@@ -57,6 +57,34 @@ def test_pass_through_features_equal_torchmetrics_on_images(
     assert ours == pytest.approx(float(reference.compute()), rel=1e-3)
 
 
+def test_features_are_computed_without_tf32_convolutions(
+    extractor: InceptionFeatures, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch runs cuDNN convolutions in TF32 by default; FID features must not depend on the GPU
+    generation, so the network runs with full float32 convolutions, and the setting comes back."""
+    conv = torch.backends.cudnn.conv
+
+    class Recorder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(1))
+            self.seen: list[str] = []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.seen.append(conv.fp32_precision)
+            return torch.zeros(len(x), 2048)
+
+    recorder = Recorder()
+    monkeypatch.setattr(extractor, "net", recorder)
+    saved, conv.fp32_precision = conv.fp32_precision, "tf32"  # (a descriptor: no monkeypatch)
+    try:
+        extractor(torch.zeros(20, 1, 28, 28, dtype=torch.uint8))
+        assert recorder.seen == ["ieee", "ieee"]  # batches of 16 and 4
+        assert conv.fp32_precision == "tf32"
+    finally:
+        conv.fp32_precision = saved
+
+
 def test_generated_images_reach_the_metric_as_rounded_uint8() -> None:
     images = torch.tensor([-1.0, 1.0, -0.9165, 0.0]).view(4, 1, 1, 1)  # -0.9165 -> 10.64
     assert to_uint8(images).flatten().tolist() == [0, 255, 11, 128]  # rounded, not truncated
