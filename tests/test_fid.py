@@ -57,9 +57,7 @@ def test_pass_through_features_equal_torchmetrics_on_images(
     assert ours == pytest.approx(float(reference.compute()), rel=1e-3)
 
 
-def test_features_are_computed_without_tf32_convolutions(
-    extractor: InceptionFeatures, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_features_are_computed_without_tf32_convolutions(extractor: InceptionFeatures) -> None:
     """torch runs cuDNN convolutions in TF32 by default; FID features must not depend on the GPU
     generation, so the network runs with full float32 convolutions, and the setting comes back."""
     conv = torch.backends.cudnn.conv
@@ -74,14 +72,17 @@ def test_features_are_computed_without_tf32_convolutions(
             self.seen.append(conv.fp32_precision)
             return torch.zeros(len(x), 2048)
 
-    recorder = Recorder()
-    monkeypatch.setattr(extractor, "net", recorder)
-    saved, conv.fp32_precision = conv.fp32_precision, "tf32"  # (a descriptor: no monkeypatch)
+    # Set and restored by hand: pytest's monkeypatch cannot restore a submodule of an
+    # nn.Module (it deletes it) nor this descriptor.
+    recorder, net = Recorder(), extractor.net
+    saved, conv.fp32_precision = conv.fp32_precision, "tf32"
+    extractor.net = recorder
     try:
         extractor(torch.zeros(20, 1, 28, 28, dtype=torch.uint8))
         assert recorder.seen == ["ieee", "ieee"]  # batches of 16 and 4
         assert conv.fp32_precision == "tf32"
     finally:
+        extractor.net = net
         conv.fp32_precision = saved
 
 
