@@ -100,9 +100,9 @@ def load_inception(weights: str | None) -> NoTrainInceptionV3:
 @contextlib.contextmanager
 def full_precision_convolutions() -> Iterator[None]:
     """cuDNN convolutions in full float32 inside, not TF32 (torch's default for convolutions on
-    Ampere and later GPUs: 10-bit mantissas, features ~1e-3 off). FID features are then the
-    same on a GPU as on a CPU and as the reference implementation's, up to summation order.
-    (The features-only network has no matmul: its pool features precede the classifier.)"""
+    Ampere and later GPUs, with 10 of float32's 23 mantissa bits), so FID features do not depend
+    on the GPU generation and match a CPU's up to summation order. (The features-only network
+    has no matmul: its pool features precede the classifier.)"""
     cudnn = torch.backends.cudnn
     conv = getattr(cudnn, "conv", None)
     if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9; mixing it with

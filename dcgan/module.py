@@ -298,7 +298,9 @@ class DCGAN(L.LightningModule):
             log.warning("%s is %s at %s; skipping such updates (model.nonfinite_loss=skip)", where.loss, value, at)
 
     def on_train_epoch_end(self) -> None:
-        self._check_losses()  # (the epoch's last batch already did, as it logs)
+        # The epoch's last batch logs and so has checked already; an epoch cut short
+        # (trainer.max_steps, a callback's stop) may not have.
+        self._check_losses()
 
     # -- checkpoints: exact resumes ----------------------------------------------------------
 
