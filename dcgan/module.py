@@ -195,13 +195,13 @@ class DCGAN(L.LightningModule):
         real_logits = self.discriminator(self._with_noise(real, noise_std))
         fake_logits = self.discriminator(self._with_noise(fake.detach(), noise_std))
         d_loss = discriminator_loss(real_logits, fake_logits, self.hparams.real_label, self.hparams.fake_label)
-        self._update(d_opt, d_loss, "d_loss", batch_idx)
+        self._update(d_opt, d_loss, _Where("d_loss", self.current_epoch, batch_idx, step))
         self.untoggle_optimizer(d_opt)
 
         if update_g:
             self.toggle_optimizer(g_opt)
             g_loss = generator_loss(self.discriminator(self._with_noise(fake, noise_std)))
-            self._update(g_opt, g_loss, "g_loss", batch_idx)
+            self._update(g_opt, g_loss, _Where("g_loss", self.current_epoch, batch_idx, step))
             self.untoggle_optimizer(g_opt)
             self._last_g_loss = g_loss.detach()
         if self._log_now(batch_idx):
@@ -237,7 +237,7 @@ class DCGAN(L.LightningModule):
             floats["train/nonfinite_skipped"] = float(self.nonfinite_skipped)
         self.log_dict(floats)
 
-    def _update(self, opt: Any, loss: Tensor, name: str, batch_idx: int) -> None:
+    def _update(self, opt: Any, loss: Tensor, where: _Where) -> None:
         """Backward and step, unless ``loss`` is NaN or infinite (on any rank): then the update is
         dropped, and the run stops or goes on (``nonfinite_loss``). Backward runs either way, so
         DDP's gradient reduction stays in step on every rank.
@@ -249,7 +249,6 @@ class DCGAN(L.LightningModule):
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         loss = loss.detach()
-        where = _Where(name, self.current_epoch, batch_idx, self.trainer.fit_loop.total_batch_idx)
         if self._skips_on_device(opt.optimizer):
             opt.optimizer.found_inf = torch.isfinite(loss).logical_not().float()
             try:
