@@ -26,7 +26,7 @@ from dcgan.errors import TrainingDiverged, TrainingInterrupted, UserInputError
 from dcgan.faults import AtomicCheckpointIO, InterruptCheckpoint, remove_stale_temporaries
 from dcgan.io import atomic_path
 from dcgan.module import DCGAN, OptimizerFactory
-from dcgan.resume import resumed_config, resumed_job
+from dcgan.resume import ResumedRun, SaveResumedSettings, resumed_run
 from dcgan.speed import Speed
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,9 @@ def fid_callback(cfg: DictConfig) -> FIDCallback:
     )
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, DCGAN, L.Trainer]:
+def build(
+    cfg: DictConfig, extra_callbacks: list[L.Callback] | None = None
+) -> tuple[L.LightningDataModule, DCGAN, L.Trainer]:
     """Instantiate everything a run needs, validating settings before any data is read."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
@@ -101,6 +103,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, DCGAN, L.Trainer]:
     if cfg.eval.fid:
         callbacks.append(fid_callback(cfg))
     callbacks.append(InterruptCheckpoint(Path(cfg.paths.output_dir) / "checkpoints"))
+    callbacks += extra_callbacks or []
     loggers = [instantiate_node(cfg.logger, "logger")] if cfg.get("logger") else []
     if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserInputError(
@@ -155,18 +158,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ``<run dir>/metrics.json``: status, final and best FID, epochs, batches, wall time, the
     overrides, and ``objective``, the value of ``cfg.optimized_metric`` that sweepers minimize.
     A run that fails writes its record with ``status: failed`` (or ``interrupted``) and the
-    error, then re-raises. ``cfg.resume`` continues that run instead (see dcgan/resume.py)."""
+    error, then re-raises. ``cfg.resume`` continues that run instead (see dcgan/resume.py); a
+    resume that fails before training starts leaves the run's files as they were."""
+    resumed: ResumedRun | None = None
     if cfg.get("resume") is not None:
-        cfg = resumed_config(cfg)
+        resumed = resumed_run(cfg)
+        cfg = resumed.cfg
     output_dir = Path(cfg.paths.output_dir)
     start = time.perf_counter()
     base = {"run_dir": str(output_dir.resolve()), **hydra_job()}
-    if cfg.get("resume") is not None:
-        base |= resumed_job(output_dir) | {"resumed_from": cfg.ckpt_path}
+    if resumed is not None:
+        base |= resumed.job() | {"resumed_from": cfg.ckpt_path}
     try:
-        record = _train(cfg, output_dir)
+        record = _train(cfg, output_dir, [SaveResumedSettings(resumed)] if resumed is not None else [])
     except Exception as e:
-        if rank_zero_only.rank == 0:
+        # A refused resume (a bad setting, other network settings, a finished run) keeps the
+        # run's record: it still describes the run's last training.
+        if rank_zero_only.rank == 0 and (resumed is None or resumed.started):
             status = "interrupted" if isinstance(e, TrainingInterrupted) else "failed"
             failed = {"status": status, "error": f"{type(e).__name__}: {e}"}
             write_run_record(output_dir, failed | base | {"wall_s": round(time.perf_counter() - start, 1)})
@@ -217,8 +225,8 @@ def objective(record: dict[str, Any]) -> float:
     return float(value)
 
 
-def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
-    datamodule, model, trainer = build(cfg)
+def _train(cfg: DictConfig, output_dir: Path, extra_callbacks: list[L.Callback]) -> dict[str, Any]:
+    datamodule, model, trainer = build(cfg, extra_callbacks)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:
         check_resumable(ckpt_path, dict(model.hparams), trainer.max_epochs)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dcgan.errors import OutputError, TrainingDiverged
 from dcgan.faults import AtomicCheckpointIO, remove_stale_temporaries
@@ -277,3 +277,39 @@ def test_resume_errors(tmp_path: Path, smoke_run: Path) -> None:
     )
     assert "has already trained 2 epochs; set trainer.max_epochs above 2" in error(f"resume={run}")
     assert (run / ".hydra" / "config.yaml").read_text() == (smoke_run / ".hydra" / "config.yaml").read_text()
+
+
+def test_a_refused_resume_changes_nothing_and_an_accepted_one_saves_its_settings(
+    tmp_path: Path, smoke_run: Path, data_dir: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    config, overrides, record = run / ".hydra" / "config.yaml", run / ".hydra" / "overrides.yaml", run / "metrics.json"
+    before = [f.read_text() for f in (config, overrides, record)]
+
+    def refused(*settings: str) -> str:
+        result = run_script("train.py", f"resume={run}", *settings, env={"DCGAN_DATA_DIR": str(data_dir)})
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        return result.stderr
+
+    assert "model.g_width: checkpoint 8, config 16" in refused("trainer.max_epochs=3", "model.g_width=16")
+    assert "optimizer.generator.lr=-1" in refused("trainer.max_epochs=3", "optimizer.lr_g=-1")
+    assert "is larger than" in refused("trainer.max_epochs=3", "dataset.batch_size=100000")  # found at data setup
+    # The run's config, overrides and record are those of its last training, so the plain
+    # resume the error messages advise still works.
+    assert [f.read_text() for f in (config, overrides, record)] == before
+
+    check(
+        run_script(
+            "train.py", f"resume={run}", "trainer.max_epochs=3", "eval.fid=false", env={"DCGAN_DATA_DIR": str(data_dir)}
+        )
+    )
+    saved = OmegaConf.load(config)
+    assert saved.trainer.max_epochs == 3 and saved.eval.fid is False
+    assert list(OmegaConf.load(overrides)) == ["experiment=smoke", "trainer.max_epochs=3", "eval.fid=false"]
+    result = json.loads(record.read_text())
+    assert (result["status"], result["epochs"]) == ("completed", 3)
+    assert result["overrides"] == ["experiment=smoke", "trainer.max_epochs=3", "eval.fid=false"]
+    # Kept by the next resume; giving a setting the run already has adds nothing.
+    assert "has already trained 3 epochs; set trainer.max_epochs above 3" in refused("trainer.max_epochs=3")
+    assert list(OmegaConf.load(overrides)) == ["experiment=smoke", "trainer.max_epochs=3", "eval.fid=false"]
