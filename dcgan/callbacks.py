@@ -58,7 +58,7 @@ class LastCheckpoint(Checkpoint):
             # the other ranks sync too, before the save's barrier, so the ranks' collective
             # calls pair up (ModelCheckpoint does the same).
             _ = trainer.callback_metrics
-            trainer.save_checkpoint(self.path)  # every rank calls it; rank 0 writes
+            trainer.save_checkpoint(self.path, weights_only=False)  # every rank calls it; rank 0 writes
 
 
 class SampleGrid(L.Callback):

@@ -91,7 +91,7 @@ class InterruptCheckpoint(L.Callback):
             return
         if not trainer.training:  # interrupted before training began: nothing to save
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the whole training state
         self.saved = self.path
 
 
