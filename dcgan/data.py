@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist", "folder")
 SPLITS: tuple[str, ...] = ("train", "test")
+# Images per split of MNIST and Fashion-MNIST.
+MNIST_SPLIT_SIZES = {"train": 60_000, "test": 10_000}
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 DataSplit = Literal["train", "test"]
 
@@ -395,6 +397,14 @@ class ImageDataModule(L.LightningDataModule):
             raise UserInputError("dataset=folder needs dataset.path=<folder of images>")
         if name != "folder" and not root:
             raise UserInputError(f"dataset={name} needs dataset.root (or DCGAN_DATA_DIR)")
+        if name != "folder" and in_memory is False:
+            n = MNIST_SPLIT_SIZES[split]
+            mb = n * channels * image_size**2 / 2**20
+            raise UserInputError(
+                f"dataset.in_memory=false streams image folders only; {name} is always held in memory "
+                f"({n:,} images of {channels}x{image_size}x{image_size} take {mb:.0f} MB as uint8). "
+                "Use dataset.in_memory=auto"
+            )
         self.save_hyperparameters(logger=False)
         self.name = name
         self.root = root

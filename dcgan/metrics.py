@@ -209,6 +209,8 @@ def reference_datamodule(dataset_hparams: dict[str, Any], split: str) -> ImageDa
     args = dict(dataset_hparams)
     if args["name"] != "folder":
         args["split"] = split
+        # Always held in memory; a checkpoint from before that was checked may say false.
+        args["in_memory"] = "auto"
     args["on_device"] = False
     return ImageDataModule(**args)
 

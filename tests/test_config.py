@@ -127,6 +127,11 @@ def test_default_experiment_is_mnist28(compose_cfg: Callable[..., DictConfig]) -
         ("optimizer.beta1=1.5", "optimizer.generator: Invalid beta parameter at index 0: 1.5"),
         ("model.latent_dim=0", "model.latent_dim=0 must be a positive integer"),
         ("dataset.batch_size=-1", "dataset.batch_size=-1 must be a positive integer"),
+        (
+            "dataset.in_memory=false",
+            r"dataset.in_memory=false streams image folders only; mnist is always held in memory \(60,000 images "
+            r"of 1x28x28 take 45 MB as uint8\)",
+        ),
         ("model.real_label=2", r"model.real_label=2 must be in \[0, 1\]"),
         ("model.fake_label=-0.1", r"model.fake_label=-0.1 must be in \[0, 1\]"),
         ("optimizer.lr_d=0", "optimizer.discriminator.lr=0 must be > 0"),
