@@ -40,26 +40,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     raises ``OutputError`` naming the file, and the temporary file is removed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # e.g. a file where a folder should be
-        raise OutputError(f"could not create the folder {path.parent} for {path.name}: {e.strerror or e}") from e
+    _make_parent(path)
     try:
         yield tmp
         with open(tmp, "rb+") as f:  # on disk before the rename, so a power cut cannot leave an empty file
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        if isinstance(e, OutputError) or e.errno not in _OUTPUT_ERRNOS:
+        if (error := _output_error(e, path, "file")) is None:
             raise
-        kept = "the previous file is intact" if path.exists() else "nothing was written"
-        raise OutputError(
-            f"could not write {path}: {e.strerror or e} ({kept}); free some disk space or choose a writable "
-            "output folder"
-        ) from e
+        raise error from e
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def _make_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. a file where a folder should be
+        raise OutputError(f"could not create the folder {path.parent} for {path.name}: {e.strerror or e}") from e
+
+
+def _output_error(e: OSError, path: Path, kind: str) -> OutputError | None:
+    """``e`` as an ``OutputError`` naming ``path`` when the location cannot take it (a full
+    disk, no permission); None for other errors (a bug in the writer), to be raised as they are."""
+    if isinstance(e, OutputError) or e.errno not in _OUTPUT_ERRNOS:
+        return None
+    kept = f"the previous {kind} is intact" if path.exists() else "nothing was written"
+    return OutputError(
+        f"could not write {path}: {e.strerror or e} ({kept}); free some disk space or choose a writable output folder"
+    )
 
 
 def image_grid(images: Tensor, nrow: int) -> Tensor:
@@ -79,17 +90,27 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     (and whatever an earlier run left there) in one rename. A crash or Ctrl-C mid-way leaves
     the previous ``path`` untouched and no half-filled folder."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     old = path.with_name(f".{path.name}.old{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         yield tmp
-        if path.exists():
+        moved = path.exists()
+        if moved:
             path.rename(old)
-        tmp.rename(path)
+        try:
+            tmp.rename(path)
+        except OSError:
+            if moved:
+                old.rename(path)
+            raise
         shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        if (error := _output_error(e, path, "folder")) is None:
+            raise
+        raise error from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -133,10 +154,15 @@ class NpzWriter:
 
     def __enter__(self) -> NpzWriter:
         tmp = self._atomic.__enter__()
-        self._zip = zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
-        self._file = self._zip.open("arr_0.npy", "w", force_zip64=True)
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False}
-        np.lib.format.write_array_header_1_0(self._file, header | {"shape": self.shape})
+        try:
+            self._zip = zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+            self._file = self._zip.open("arr_0.npy", "w", force_zip64=True)
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False}
+            np.lib.format.write_array_header_1_0(self._file, header | {"shape": self.shape})
+        except BaseException as e:
+            # Removes the temporary file and raises an OSError of a full disk as OutputError.
+            self._atomic.__exit__(type(e), e, e.__traceback__)
+            raise
         return self
 
     def write(self, images: Tensor) -> None:

@@ -4,7 +4,9 @@ sizes, frame counts, determinism, and refusals of bad input."""
 from __future__ import annotations
 
 import csv
+import errno
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
-from dcgan.errors import UserInputError
+from dcgan.errors import OutputError, UserInputError
 from dcgan.generate import generate
 from dcgan.io import NpzWriter, atomic_dir
 from dcgan.report import read_scalars, write_report
@@ -298,6 +300,25 @@ def test_interrupted_folder_write_keeps_the_old_folder(tmp_path: Path) -> None:
         raise KeyboardInterrupt
     assert [p.name for p in tmp_path.iterdir()] == ["samples"]
     assert [p.name for p in folder.iterdir()] == ["old.png"]
+
+
+def test_a_full_disk_or_a_file_in_the_way_of_a_folder_write_is_one_clear_error(
+    tmp_path: Path, gen: Callable[..., list[Path]]
+) -> None:
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    (folder / "old.png").write_text("old")
+    full = f"could not write {folder}: No space left on device .the previous folder is intact."
+    with pytest.raises(OutputError, match=full), atomic_dir(folder) as tmp:
+        (tmp / "new.png").write_text("new")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert [p.name for p in tmp_path.iterdir()] == ["samples"]
+    assert [p.name for p in folder.iterdir()] == ["old.png"]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for mode in ("samples", "grid"):
+        with pytest.raises(OutputError, match=f"could not create the folder {blocker / 'sub' / 'out'} for "):
+            gen(f"mode={mode}", "samples.num_images=4", "samples.npz=true", out="a-file/sub/out")
 
 
 def test_npz_writer_refuses_a_short_write(tmp_path: Path) -> None:
