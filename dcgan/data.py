@@ -83,7 +83,7 @@ def _idx_filename(split: DataSplit) -> str:
 
 def mnist_raw_dir(name: str, root: str | Path) -> Path:
     """``<root>/MNIST/raw`` or ``<root>/FashionMNIST/raw``: where torchvision keeps the files."""
-    return Path(root) / _torchvision_class(name).__name__ / "raw"
+    return Path(root).expanduser() / _torchvision_class(name).__name__ / "raw"  # as torchvision expands it
 
 
 def _find_idx_file(name: str, root: str | Path, split: DataSplit) -> Path | None:
@@ -141,6 +141,8 @@ def ensure_mnist_files(name: str, root: str | Path, split: DataSplit, download: 
         except (RuntimeError, URLError, OSError) as e:
             first_line = str(e).strip().splitlines()
             reason = "the download failed" + (f" ({first_line[-1]})" if first_line else "")
+        else:
+            reason = f"torchvision's download did not leave it in {raw}"
         found = _find_idx_file(name, root, split)
         if found is not None:
             return found

@@ -134,6 +134,8 @@ class InceptionFeatures(nn.Module):
         super().__init__()
         if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
             raise UserInputError(f"FID batch_size={batch_size!r} must be auto or an integer >= 1")
+        if weights is not None:  # eval.weights=~/... reaches us unexpanded (not a shell assignment)
+            weights = str(Path(weights).expanduser())
         # Building the network draws random initial weights before loading the real ones; fork
         # the RNG so that turning FID on does not change the training run's random numbers.
         with torch.random.fork_rng(devices=[]):

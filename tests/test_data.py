@@ -221,6 +221,18 @@ def test_missing_dataset_offline_says_where_and_how(tmp_path: Path, monkeypatch:
     assert "DCGAN_DATA_DIR" in message and "dataset.root" in message
 
 
+def test_a_data_root_under_home_is_found(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # dataset.root=~/data reaches the code unexpanded: the shell expands ~ in assignments only.
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "t10k-images-idx3-ubyte.gz").symlink_to(data_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    dm = ImageDataModule(name="mnist", root="~/data", split="test", image_size=28, channels=1, batch_size=8)
+    dm.prepare_data()
+    dm.setup()
+    assert len(dm) == 10000
+
+
 def test_missing_dataset_with_download_off(tmp_path: Path) -> None:
     dm = ImageDataModule(
         name="fashion_mnist", root=str(tmp_path), split="test", image_size=28, channels=1, batch_size=8, download=False

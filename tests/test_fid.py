@@ -22,6 +22,7 @@ from dcgan.metrics import (
     reference_datamodule,
     reference_features,
     shard,
+    weights_identity,
 )
 
 
@@ -130,6 +131,12 @@ def test_folder_reference_follows_its_files(extractor: InceptionFeatures, tmp_pa
 
 
 # -- errors ------------------------------------------------------------------------------------
+
+
+def test_weights_under_home_are_found(fid_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "w.pth").symlink_to(fid_weights)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert InceptionFeatures("~/w.pth").identity == weights_identity(str(fid_weights))
 
 
 def test_missing_weights_file(tmp_path: Path) -> None:
