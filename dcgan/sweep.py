@@ -25,10 +25,10 @@ COLUMNS: tuple[str, ...] = ("job", "status", "fid_best", "best_epoch", "fid", "e
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The job folders of a sweep: those Hydra wrote a ``.hydra/overrides.yaml`` into."""
-    return sorted(
-        (p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")), key=lambda p: _job_number(p.name)
-    )
+    """The job folders of a sweep: those Hydra wrote a ``.hydra/overrides.yaml`` into, at any
+    depth (an override with a ``/`` in its value nests the job's folder name)."""
+    jobs = {p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")} - {sweep_dir}
+    return sorted(jobs, key=lambda p: _job_number(p.relative_to(sweep_dir).as_posix()))
 
 
 def _job_number(name: str) -> tuple[int, str]:
@@ -36,11 +36,12 @@ def _job_number(name: str) -> tuple[int, str]:
     return (int(head), name) if head.isdigit() else (sys.maxsize, name)
 
 
-def job_row(job: Path) -> dict[str, Any]:
+def job_row(job: Path, sweep_dir: Path) -> dict[str, Any]:
     """One job's row: from its ``metrics.json``, or, when it has none (killed, or still
     running), status ``no result`` with its overrides."""
     overrides = OmegaConf.to_container(OmegaConf.load(job / ".hydra" / "overrides.yaml")) or []
-    row: dict[str, Any] = dict.fromkeys(COLUMNS) | {"job": job.name, "overrides": " ".join(overrides)}
+    name = job.relative_to(sweep_dir).as_posix()
+    row: dict[str, Any] = dict.fromkeys(COLUMNS) | {"job": name, "overrides": " ".join(overrides)}
     metrics = job / "metrics.json"
     if not metrics.is_file():
         return row | {"status": "no result"}
@@ -58,7 +59,7 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     jobs = job_dirs(sweep)
     if not jobs:
         raise UserInputError(f"{sweep} holds no job folders (<job>/.hydra/overrides.yaml); give a multirun folder")
-    rows = [job_row(job) for job in jobs]
+    rows = [job_row(job, sweep) for job in jobs]
 
     def key(row: dict[str, Any]) -> tuple[int, float]:
         if row["status"] != "completed":
@@ -74,7 +75,7 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.2f}"
-    return str(value)
+    return " ".join(str(value).split())  # one line: a multi-line error would break its table row
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

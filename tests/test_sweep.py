@@ -68,20 +68,27 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path, data_dir: Path) -
 
 
 def test_summary_of_jobs_without_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for num, override in enumerate(["model.g_width=8", "model.g_width=16"]):
-        (tmp_path / f"{num}_x" / ".hydra").mkdir(parents=True)
-        (tmp_path / f"{num}_x" / ".hydra" / "overrides.yaml").write_text(f"- {override}\n")
+    # Job 2's override has a path in it, which nests its folder.
+    jobs = {"0_x": "model.g_width=8", "1_x": "model.g_width=16", "2_a=/b/c": "model.g_stem=dense"}
+    for job, override in jobs.items():
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- {override}\n")
     record = {"status": "completed", "fid_best": 12.5, "fid": 13.0, "best_epoch": 4, "epochs": 5, "wall_s": 60.0}
     (tmp_path / "1_x" / "metrics.json").write_text(json.dumps(record))
+    failed = {"status": "failed", "error": "RuntimeError: CUDA error:\nan illegal | memory access", "wall_s": 3.0}
+    (tmp_path / "2_a=" / "b" / "c" / "metrics.json").write_text(json.dumps(failed))
     rows = summarize(tmp_path)
     assert [(r["job"], r["status"], r["overrides"]) for r in rows] == [
         ("1_x", "completed", "model.g_width=16"),
         ("0_x", "no result", "model.g_width=8"),  # killed, or still running
+        ("2_a=/b/c", "failed", "model.g_stem=dense"),
     ]
     assert summary_main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| 1_x | completed | 12.50 | 4 | 13.00 | 5 | 60.00 | model.g_width=16 |  |" in out
-    assert "2 jobs, 1 failed or unfinished" in out
+    error = "RuntimeError: CUDA error: an illegal \\| memory access"  # one line, | escaped
+    assert f"| 2_a=/b/c | failed |  |  |  |  | 3.00 | model.g_stem=dense | {error} |" in out
+    assert "3 jobs, 2 failed or unfinished" in out
 
 
 def test_summary_of_a_folder_that_is_not_a_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
