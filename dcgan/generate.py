@@ -47,6 +47,12 @@ def _int(value: object, name: str, minimum: int) -> int:
     return value
 
 
+def _positive(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise UserInputError(f"{name}={value!r} must be a number > 0")
+    return float(value)
+
+
 class Generation:
     """A loaded generator with the settings every image mode shares; writes into ``out_dir``."""
 
@@ -154,15 +160,12 @@ class Generation:
         if bad:
             raise UserInputError(f"explore.dims {bad} are outside the latent's 0..{self.latent_dim - 1}")
         steps = _int(cfg.steps, "explore.steps", 2)
-        if not cfg.range > 0:
-            raise UserInputError(f"explore.range={cfg.range} must be > 0")
+        value_range = _positive(cfg.range, "explore.range")
         stem = f"explore-{self.tag}-seed{self.seed}-{index}"
-        varied = vary_dimensions(z, dims, float(cfg.range), steps)  # (dims, steps, D)
+        varied = vary_dimensions(z, dims, value_range, steps)  # (dims, steps, D)
         written = [self.save_grid(varied.flatten(0, 1), steps, f"{stem}-dims.png")]
         walk_steps = _int(cfg.walk_steps, "explore.walk_steps", 2)
-        if not cfg.walk_step_size > 0:
-            raise UserInputError(f"explore.walk_step_size={cfg.walk_step_size} must be > 0")
-        walk = random_walk(z, walk_steps, float(cfg.walk_step_size), self.seed)
+        walk = random_walk(z, walk_steps, _positive(cfg.walk_step_size, "explore.walk_step_size"), self.seed)
         written.append(self.save_grid(walk, math.ceil(math.sqrt(walk_steps)), f"{stem}-walk.png"))
         frames = [to_pil(f) for f in self.images(walk)]
         frame_ms = _int(cfg.frame_ms, "explore.frame_ms", 1)
@@ -197,7 +200,10 @@ def generate(cfg: DictConfig) -> list[Path]:
     if cfg.mode == "progress":
         p = cfg.progress
         written = write_progress(
-            run_dir_of(cfg.checkpoint), out_dir, _int(p.frame_ms, "progress.frame_ms", 1), p.strip_frames
+            run_dir_of(cfg.checkpoint),
+            out_dir,
+            _int(p.frame_ms, "progress.frame_ms", 1),
+            _int(p.strip_frames, "progress.strip_frames", 1),
         )
     elif cfg.mode == "report":
         written = write_report(run_dir_of(cfg.checkpoint), out_dir)

@@ -189,8 +189,6 @@ def write_progress(run_dir: Path, out_dir: Path, frame_ms: int, strip_frames: in
     grids = epoch_grids(run_dir)
     if not grids:
         raise UserInputError(f"{run_dir / 'samples'} holds no epoch_*.png grids; give a run directory of train.py")
-    if strip_frames < 1:
-        raise UserInputError(f"progress.strip_frames={strip_frames} must be >= 1")
     frames = [_labelled(path, f"epoch {epoch}") for epoch, path in grids]
     gif = save_gif(frames, out_dir / "progress.gif", frame_ms)
     picks = sorted({round(i) for i in np.linspace(0, len(frames) - 1, min(strip_frames, len(frames)))})

@@ -275,11 +275,15 @@ def test_report_needs_logs(tmp_path: Path) -> None:
         (("interpolate.method=cubic",), "interpolate.method='cubic' is not known; choose one of linear, slerp, both"),
         (("device=tpu",), "device='tpu' is not a device"),
         (("batch_size=0",), "batch_size=0 must be an integer >= 1"),
+        (("mode=explore", "explore.range=wide"), "explore.range='wide' must be a number > 0"),
+        (("mode=explore", "explore.walk_step_size=0"), "explore.walk_step_size=0 must be a number > 0"),
+        (("mode=progress", "progress.strip_frames=all"), "progress.strip_frames='all' must be an integer >= 1"),
     ],
 )
 def test_bad_settings(gen: Callable[..., list[Path]], overrides: tuple[str, ...], message: str) -> None:
+    mode = () if any(o.startswith("mode=") for o in overrides) else ("mode=interpolate",)
     with pytest.raises(UserInputError, match=message):
-        gen("mode=interpolate", *overrides)
+        gen(*mode, *overrides)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
