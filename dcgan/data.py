@@ -228,17 +228,33 @@ def load_image(path: str | Path, size: int, channels: int) -> Tensor:
 
 
 class ImageFolderDataset(Dataset[Tensor]):
-    """Image files decoded on access into uint8 (C, size, size)."""
+    """Image files decoded on access into uint8 (C, size, size).
 
-    def __init__(self, files: Sequence[Path], size: int, channels: int) -> None:
+    An unreadable file raises ``UserInputError``; with ``stand_in=True`` (streamed training
+    data, where a file found bad hours into a run must not end it) a warning names it and the
+    next readable file in the list stands in, so batches keep their size.
+    """
+
+    def __init__(self, files: Sequence[Path], size: int, channels: int, stand_in: bool = False) -> None:
         self.files = list(files)
         self.size = size
         self.channels = channels
+        self.stand_in = stand_in
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> Tensor:
+        if not self.stand_in:
+            return self._load(index)
+        for offset in range(len(self.files)):
+            try:
+                return self._load((index + offset) % len(self.files))
+            except UserInputError as e:
+                warnings.warn(f"skipped an unreadable image: {e}; the next readable one stands in", stacklevel=2)
+        raise UserInputError(f"none of the {len(self.files)} image files could be read")
+
+    def _load(self, index: int) -> Tensor:
         path = self.files[index]
         try:
             return load_image(path, self.size, self.channels)
@@ -262,23 +278,45 @@ class _TolerantDataset(Dataset[Tensor | str]):
             return str(e)
 
 
-def decode_folder(dataset: ImageFolderDataset, num_workers: int) -> tuple[Tensor, list[tuple[Path, str]]]:
-    """Decode every file once into uint8 (N, C, S, S); return it with the (file, error) pairs
-    of the files that could not be read, which are left out."""
-    loader = DataLoader(_TolerantDataset(dataset), batch_size=64, num_workers=num_workers, collate_fn=list)
-    good: list[Tensor] = []
-    bad: list[tuple[Path, str]] = []
+def readable_batches(
+    files: Sequence[Path], size: int, channels: int, num_workers: int, batch_size: int = 64
+) -> Iterator[tuple[list[Tensor], list[tuple[Path, str]]]]:
+    """Decode ``files`` in order, batch by batch: the readable images (uint8 (C, S, S)) and the
+    (file, error) pairs of the unreadable ones, which are left out."""
+    dataset = ImageFolderDataset(files, size, channels)
+    loader = DataLoader(_TolerantDataset(dataset), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     index = 0
     for batch in loader:
+        good, bad = [], []
         for item in batch:
             if isinstance(item, str):
                 bad.append((dataset.files[index], item))
             else:
                 good.append(item)
             index += 1
-    if not good:
-        raise UserInputError(f"none of the {len(dataset)} image files could be read; first error: {bad[0][1]}")
-    return torch.stack(good), bad
+        yield good, bad
+
+
+def warn_unreadable(bad: list[tuple[Path, str]], total: int) -> None:
+    """One warning for all the files that could not be read; an error if none could."""
+    if not bad:
+        return
+    if len(bad) == total:
+        raise UserInputError(f"none of the {total} image files could be read; first error: {bad[0][1]}")
+    names = ", ".join(str(p) for p, _ in bad[:5]) + (", ..." if len(bad) > 5 else "")
+    warnings.warn(f"skipped {len(bad)} of {total} files that are not readable images: {names}", stacklevel=4)
+
+
+def decode_folder(files: Sequence[Path], size: int, channels: int, num_workers: int) -> Tensor:
+    """Decode every file once into uint8 (N, C, S, S), leaving out (with one warning) those that
+    cannot be read."""
+    good: list[Tensor] = []
+    bad: list[tuple[Path, str]] = []
+    for images, errors in readable_batches(files, size, channels, num_workers):
+        good += images
+        bad += errors
+    warn_unreadable(bad, len(files))
+    return torch.stack(good)
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,20 +487,12 @@ class ImageDataModule(L.LightningDataModule):
 
     def _setup_folder(self) -> None:
         files = find_images(self.path)  # type: ignore[arg-type]
-        dataset = ImageFolderDataset(files, self.image_size, self.channels)
         nbytes = len(files) * self.channels * self.image_size**2
         in_memory = self.in_memory if self.in_memory != "auto" else nbytes <= self.memory_limit_mb * 2**20
         if not in_memory:
-            self.dataset = dataset
+            self.dataset = ImageFolderDataset(files, self.image_size, self.channels, stand_in=True)
             return
-        images, bad = decode_folder(dataset, self.num_workers)
-        if bad:
-            names = ", ".join(str(p) for p, _ in bad[:5]) + (", ..." if len(bad) > 5 else "")
-            warnings.warn(
-                f"skipped {len(bad)} of {len(files)} files that are not readable images: {names}",
-                stacklevel=2,
-            )
-        self.images = images
+        self.images = decode_folder(files, self.image_size, self.channels, self.num_workers)
 
     def _wants_device(self) -> bool:
         if self.trainer is None:

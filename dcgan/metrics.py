@@ -28,12 +28,11 @@ from urllib.error import URLError
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from dcgan.checkpoints import epochs_trained, read_checkpoint, resolve_checkpoint, run_dir_of
-from dcgan.data import ImageDataModule, find_images, to_uint8
+from dcgan.data import ImageDataModule, find_images, readable_batches, to_uint8, warn_unreadable
 from dcgan.errors import UserInputError
 from dcgan.io import atomic_path
 from dcgan.sampling import latents, load_generator_module
@@ -238,20 +237,29 @@ def _reference_indices(total: int, num_samples: int | None) -> Tensor:
 
 def compute_features(dm: ImageDataModule, indices: Tensor, extractor: InceptionFeatures) -> Tensor:
     """Features of the dataset images at ``indices``, logging progress (slow on a CPU)."""
+    bad: list[tuple[Path, str]] = []
     if dm.images is not None:
-        batches = (dm.images[chunk] for chunk in indices.split(256))
-    else:
+        batches: Iterator[Tensor] = (dm.images[chunk] for chunk in indices.split(256))
+    else:  # a streamed folder: its unreadable files are left out, as an in-memory one's are
         assert dm.dataset is not None
-        loader = DataLoader(Subset(dm.dataset, indices.tolist()), batch_size=256, num_workers=dm.num_workers)
-        batches = iter(loader)
+        files = [dm.dataset.files[i] for i in indices.tolist()]
+
+        def readable() -> Iterator[Tensor]:
+            for images, errors in readable_batches(files, dm.image_size, dm.channels, dm.num_workers, 256):
+                bad.extend(errors)
+                if images:
+                    yield torch.stack(images)
+
+        batches = readable()
     feats, done, start, last_log = [], 0, time.perf_counter(), time.perf_counter()
     for batch in batches:
         feats.append(extractor(batch).cpu())
         done += len(batch)
-        if time.perf_counter() - last_log > 30 or done == len(indices):
+        if time.perf_counter() - last_log > 30 or done + len(bad) == len(indices):
             rate = done / (time.perf_counter() - start)
-            log.info("FID reference features: %d/%d images (%.1f images/s)", done, len(indices), rate)
+            log.info("FID reference features: %d/%d images (%.1f images/s)", done + len(bad), len(indices), rate)
             last_log = time.perf_counter()
+    warn_unreadable(bad, len(indices))
     return torch.cat(feats)
 
 

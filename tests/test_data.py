@@ -116,6 +116,13 @@ def test_unreadable_images_are_skipped_with_one_warning(image_tree: tuple[Path, 
     with pytest.warns(UserWarning, match=r"skipped 3 of 11 files .*broken.png.*empty.jpg.*truncated.png"):
         dm.setup()
     assert len(dm) == len(files)
+    # Streamed, a bad file is met while training: it is named, and the next readable image
+    # stands in for it, so the epoch goes on with full batches.
+    stream = folder_module(root, in_memory=False)
+    stream.setup()
+    with pytest.warns(UserWarning, match=r"skipped an unreadable image: cannot read image .*(broken|empty|truncated)"):
+        batches = list(stream.train_dataloader())
+    assert len(batches) == 11 // 2 and all(b.shape == (2, 3, 28, 28) for b in batches)
 
 
 def test_folder_errors_name_the_path(tmp_path: Path) -> None:

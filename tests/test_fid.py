@@ -128,6 +128,13 @@ def test_folder_reference_follows_its_files(extractor: InceptionFeatures, tmp_pa
     files[0].write_bytes(files[1].read_bytes())  # a file changes: a new key, computed again
     _, key2, path2 = reference_features(reference_datamodule(hparams, "test"), None, extractor, tmp_path / "c")
     assert key2.source != key.source and path2 != path
+    # A streamed folder leaves out an unreadable file, as an in-memory one does.
+    files[2].write_bytes(b"not an image")
+    for in_memory in (True, False):
+        dm = reference_datamodule(hparams | {"in_memory": in_memory, "num_workers": 0}, "test")
+        with pytest.warns(UserWarning, match=f"skipped 1 of {len(files)} files .*{files[2].name}"):
+            features, _, _ = reference_features(dm, None, extractor, tmp_path / f"c{in_memory}")
+        assert features.shape == (len(files) - 1, 2048)
 
 
 # -- errors ------------------------------------------------------------------------------------
