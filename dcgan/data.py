@@ -540,6 +540,10 @@ class ImageDataModule(L.LightningDataModule):
         if self.trainer is None:
             return {"seed": self.seed}
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if progress >= self.trainer.num_training_batches:
+            # Saved at an epoch's end (SIGTERM is acted on after the epoch count moved on, with
+            # the batch count not yet reset): the next epoch starts from its first batch.
+            progress = 0
         return {"seed": self.seed, "epoch": self.trainer.current_epoch, "batches": progress}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -53,8 +53,14 @@ class InterruptCheckpoint(L.Callback):
         self.signal: signal.Signals | None = None
         self._requested = False
         self._previous_handler: Any = None
+        # Whether training proper has begun: Lightning says "training" from the start of fit,
+        # before the data and reference features load and before a resume's checkpoint is
+        # restored, when there is no state of this run to save (and a resume's own
+        # interrupted.ckpt must not be overwritten with fresh weights).
+        self._training = False
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._training = True
         if threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
 
@@ -89,7 +95,7 @@ class InterruptCheckpoint(L.Callback):
             self.signal = signal.SIGTERM
         else:
             return
-        if not trainer.training:  # interrupted before training began: nothing to save
+        if not self._training:  # interrupted before training began: nothing to save
             return
         trainer.save_checkpoint(self.path, weights_only=False)  # the whole training state
         self.saved = self.path

@@ -190,7 +190,11 @@ def _interrupted(interrupt: InterruptCheckpoint, trainer: L.Trainer, output_dir:
     code = 128 + int(interrupt.signal or 0)
     if interrupt.saved is None:
         return TrainingInterrupted(f"{name} before training began; nothing to save", code)
-    where = f"epoch {trainer.current_epoch + 1}, batch {trainer.fit_loop.epoch_loop.batch_progress.current.completed}"
+    batches = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+    if batches >= trainer.num_training_batches:  # after the epoch's last batch, in its end-of-epoch work
+        where = f"the end of epoch {trainer.fit_loop.epoch_progress.current.processed}"
+    else:
+        where = f"epoch {trainer.current_epoch + 1}, batch {batches}"
     return TrainingInterrupted(
         f"{name} at {where}: saved the training state to {interrupt.saved}. "
         f"Continue with: python train.py resume={output_dir}",

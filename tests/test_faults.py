@@ -135,6 +135,62 @@ def test_ctrl_c_finishes_the_batch_and_saves(tmp_path: Path, data_dir: Path) -> 
     assert ckpt["global_step"] == 2 * (loops["epoch_loop.batch_progress"]["total"]["completed"])
 
 
+QUICK = ("experiment=smoke", "eval.fid=false", "logger=csv", "+trainer.enable_progress_bar=false")
+
+
+def test_ctrl_c_before_training_begins_saves_nothing(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the data (or the FID reference) loads: there is no training state to save,
+    and an interrupted.ckpt already there (a resume's) must not be replaced by fresh weights."""
+    from dcgan.data import ImageDataModule
+    from dcgan.errors import TrainingInterrupted
+    from dcgan.train import train
+
+    interrupted = tmp_path / "run" / "checkpoints" / "interrupted.ckpt"
+    interrupted.parent.mkdir(parents=True)
+    interrupted.write_bytes(b"a mid-epoch state")
+
+    def ctrl_c(self: ImageDataModule, stage: str | None = None) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ImageDataModule, "setup", ctrl_c)
+    with pytest.raises(TrainingInterrupted, match="^Ctrl-C before training began; nothing to save$"):
+        train(compose_cfg(*QUICK))
+    assert interrupted.read_bytes() == b"a mid-epoch state"
+
+
+def test_sigterm_at_an_epoch_end_resumes_with_the_whole_next_epoch(
+    compose_cfg: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during an epoch's end-of-epoch work (FID, grids) is acted on after the epoch has
+    counted as done: the resumed run starts the next epoch at its first batch, also when
+    ``trainer.limit_train_batches`` shortens the epochs, and ends as an unstopped run does."""
+    from dcgan.errors import TrainingInterrupted
+    from dcgan.module import DCGAN
+    from dcgan.train import train
+
+    settings = (*QUICK, "trainer.limit_train_batches=3", "trainer.max_epochs=3")
+    train(compose_cfg(*settings, run="whole"))
+
+    epoch_end = DCGAN.on_train_epoch_end
+
+    def sigterm_after_epoch_1(self: DCGAN) -> None:
+        epoch_end(self)
+        if self.current_epoch == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(DCGAN, "on_train_epoch_end", sigterm_after_epoch_1)
+    with pytest.raises(TrainingInterrupted, match="^SIGTERM at the end of epoch 1: saved the training state"):
+        train(compose_cfg(*settings, run="stopped"))
+    monkeypatch.undo()
+    interrupted = tmp_path / "stopped" / "checkpoints" / "interrupted.ckpt"
+    assert torch.load(interrupted, weights_only=True)["ImageDataModule"]["batches"] == 0
+    train(compose_cfg(*settings, f"ckpt_path={interrupted}", run="resumed"))
+    whole, resumed = (weights(tmp_path / run / "checkpoints" / "last.ckpt") for run in ("whole", "resumed"))
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 def test_kill_9_while_a_checkpoint_is_written_leaves_the_previous_one(tmp_path: Path) -> None:
     """A process writing a 200 MB checkpoint over last.ckpt is killed mid-write, many times
     over: last.ckpt always loads, and is the previous whole version."""
