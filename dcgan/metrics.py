@@ -277,6 +277,7 @@ def reference_features(
                 return cached["features"], key, path
         except Exception as e:
             log.warning("ignoring unreadable FID cache file %s (%s); recomputing", path, e)
+    dm.prepare_data()  # the reference split may be missing where training found its own
     dm.setup()
     indices = _reference_indices(len(dm), num_samples)
     log.info("FID reference features: computing %s once (%d images) -> %s", dm.source, len(indices), path)

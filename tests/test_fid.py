@@ -146,6 +146,23 @@ def test_weights_under_home_are_found(fid_weights: Path, tmp_path: Path, monkeyp
     assert InceptionFeatures("~/w.pth").identity == weights_identity(str(fid_weights))
 
 
+def test_a_missing_reference_split_is_downloaded_or_the_error_says_why(
+    extractor: InceptionFeatures, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = tmp_path / "MNIST" / "raw"  # the training split only
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte.gz").symlink_to(data_dir / "MNIST" / "raw" / "train-images-idx3-ubyte.gz")
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise OSError("Network is unreachable (test)")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    hparams = {"name": "mnist", "root": str(tmp_path), "image_size": 28, "channels": 1, "batch_size": 8}
+    with pytest.raises(UserInputError, match=r"mnist test images not found: .* and the download failed"):
+        reference_features(reference_datamodule(hparams, "test"), None, extractor, tmp_path / "cache")
+
+
 def test_missing_weights_file(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match=r"FID weights file .*nope.pth does not exist; set eval.weights"):
         InceptionFeatures(str(tmp_path / "nope.pth"))
