@@ -266,7 +266,8 @@ class DCGAN(L.LightningModule):
             opt.step()
             return
         opt.zero_grad(set_to_none=True)
-        self._nonfinite(loss.item(), where)
+        value = loss.item()
+        self._nonfinite(value if not math.isfinite(value) else "not finite on another process", where)
 
     def _skips_on_device(self, optimizer: Optimizer) -> bool:
         return (
@@ -287,7 +288,7 @@ class DCGAN(L.LightningModule):
             if not math.isfinite(value):
                 self._nonfinite(value, where)
 
-    def _nonfinite(self, value: float, where: _Where) -> None:
+    def _nonfinite(self, value: float | str, where: _Where) -> None:
         """A dropped update: stop the run or count it (``nonfinite_loss``)."""
         at = f"epoch {where.epoch + 1}, batch {where.batch_idx + 1} (batch {where.run_batch_idx + 1} of the run)"
         if self.hparams.nonfinite_loss == "stop":
