@@ -154,12 +154,15 @@ class _BatchClock(L.Callback):
             self.end = time.perf_counter()
 
 
-def project_rate(cfg: DictConfig, model: DCGAN, datamodule: ImageDataModule, warmup: int, batches: int) -> float:
-    """Images/s of ``batches`` timed batches of ``trainer.fit``, built from ``cfg`` as
-    train.py builds it (callbacks and logger as configured)."""
+def project_rate(
+    cfg: DictConfig, model: DCGAN, datamodule: ImageDataModule, device: torch.device, warmup: int, batches: int
+) -> float:
+    """Images/s of ``batches`` timed batches of ``trainer.fit`` on ``device``, built from
+    ``cfg`` as train.py builds it (callbacks and logger as configured)."""
     from dcgan.train import instantiate_node
 
-    device = model.device if model.device.type != "cpu" else torch.device("cpu")
+    # ``device``, not the model's: the model sits on the CPU until fit moves it (and after
+    # fit's teardown), and the clock must wait for the GPU's queued work.
     clock = _BatchClock(warmup, device)
     callbacks = [instantiate_node(c, n) for n, c in (cfg.get("callbacks") or {}).items() if c is not None]
     loggers = [instantiate_node(cfg.logger, "logger")] if cfg.get("logger") else []
@@ -326,7 +329,7 @@ def bench_size(size: int, args: argparse.Namespace) -> list[dict[str, Any]]:
         autocast = autocast_dtype(trainer)
         project, plain, baseline = [], [], []
         for _ in range(rounds):
-            project.append(project_rate(cfg, model, datamodule, warmup, batches))
+            project.append(project_rate(cfg, model, datamodule, device, warmup, batches))
             model.to(device)
             plain.append(plain_rate(model, datamodule, device, warmup, batches, model.speed, autocast))
             if args.baseline:
