@@ -45,8 +45,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from dcgan.callbacks import FIDCallback
-from dcgan.data import ImageDataModule, to_unit_range
+from dcgan.data import ImageDataModule
 from dcgan.errors import ReportedError, UserInputError
+from dcgan.images import to_unit_range
 from dcgan.losses import discriminator_loss, generator_loss
 from dcgan.metrics import FEATURE_DIM, FIDScorer, InceptionFeatures, load_inception
 from dcgan.module import DCGAN

@@ -10,14 +10,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from dcgan import loop
 from dcgan.data import SPLITS, ImageDataModule
 from dcgan.errors import UserInputError
-from dcgan.io import image_grid, save_grid
+from dcgan.files import save_png
+from dcgan.images import grid, to_uint8
 from dcgan.metrics import (
     FIDScorer,
     InceptionFeatures,
@@ -78,14 +81,17 @@ class SampleGrid(L.Callback):
         if epoch % self.every_n_epochs and epoch != trainer.max_epochs:
             return
         assert isinstance(pl_module, DCGAN)
-        images = pl_module.generate(pl_module.fixed_noise)
-        nrow = self.nrow or math.ceil(math.sqrt(len(images)))
-        save_grid(images, self.dirpath / f"epoch_{epoch:04d}.png", nrow)
+        images = to_uint8(pl_module.generate(pl_module.fixed_noise))
+        picture = grid(images, self.nrow or math.ceil(math.sqrt(len(images))))
+        save_png(picture, self.dirpath / f"epoch_{epoch:04d}.png")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 # Same x axis as the scalars: batches trained so far.
-                step = trainer.fit_loop.total_batch_idx + 1
-                logger.experiment.add_image("samples", image_grid(images, nrow), global_step=step)
+                step = loop.batches_trained(trainer)
+                array = np.asarray(picture)
+                logger.experiment.add_image(
+                    "samples", array, global_step=step, dataformats="HWC" if array.ndim == 3 else "HW"
+                )
 
 
 class EpochTimer(L.Callback):
@@ -213,7 +219,7 @@ class FIDCallback(L.Callback):
         if trainer.is_global_zero:
             record = {
                 "epoch": epoch,
-                "batches": trainer.fit_loop.total_batch_idx + 1,
+                "batches": loop.batches_trained(trainer),
                 **result,
                 "num_samples": self.num_samples,
                 "num_reference": self.num_reference,

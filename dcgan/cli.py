@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan.errors import ReportedError, TrainingInterrupted, UserInputError
-from dcgan.resume import resume_run_dir
+from dcgan.run import resume_run
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def run_name() -> str:
 def run_dir(resume: str | None, new_run_dir: str) -> str:
     """The run directory (conf/train.yaml ``hydra.run.dir``): that of ``resume=`` when given,
     so a resumed run goes on in its own folder, else ``new_run_dir``."""
-    return new_run_dir if resume is None else str(resume_run_dir(resume))
+    return new_run_dir if resume is None else str(resume_run(resume).directory)
 
 
 def hydra_subdir(resume: str | None) -> str:

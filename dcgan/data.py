@@ -24,12 +24,13 @@ from urllib.error import URLError
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from dcgan import loop
 from dcgan.errors import UserInputError
+from dcgan.images import resize_uint8, to_unit_range
 
 log = logging.getLogger(__name__)
 
@@ -39,32 +40,6 @@ SPLITS: tuple[str, ...] = ("train", "test")
 MNIST_SPLIT_SIZES = {"train": 60_000, "test": 10_000}
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 DataSplit = Literal["train", "test"]
-
-
-# --------------------------------------------------------------------------------------------
-# pixels
-
-
-def to_unit_range(images: Tensor) -> Tensor:
-    """uint8 (..., C, S, S) in [0, 255] -> float32 in [-1, 1]."""
-    return images.float().div_(127.5).sub_(1.0)
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """float (..., C, S, S) in [-1, 1] -> uint8 in [0, 255], rounded (not truncated)."""
-    return images.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
-
-
-def resize_uint8(images: Tensor, size: int, chunk: int = 2048) -> Tensor:
-    """Resize uint8 (N, C, H, W) to (N, C, size, size) with antialiased bilinear interpolation."""
-    if images.shape[-2:] == (size, size):
-        return images
-    out = torch.empty((*images.shape[:2], size, size), dtype=torch.uint8)
-    for i in range(0, len(images), chunk):
-        x = images[i : i + chunk].float()
-        y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        out[i : i + chunk] = y.round_().clamp_(0, 255).to(torch.uint8)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,7 +314,6 @@ class TensorLoader:
         batch_size: int,
         *,
         seed: int = 0,
-        shuffle: bool = True,
         epoch_fn: Callable[[], int] | None = None,
         rank: int = 0,
         world_size: int = 1,
@@ -348,7 +322,6 @@ class TensorLoader:
         self.images = images
         self.batch_size = batch_size
         self.seed = seed
-        self.shuffle = shuffle
         self.epoch_fn = epoch_fn
         self.rank = rank
         self.world_size = world_size
@@ -362,11 +335,7 @@ class TensorLoader:
         epoch = self.epoch_fn() if self.epoch_fn is not None else self._epochs_started
         self._epochs_started += 1
         n = len(self.images)
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(n, generator=gen)
-        else:
-            order = torch.arange(n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
         per_rank = n // self.world_size
         order = order[: per_rank * self.world_size][self.rank :: self.world_size]
         order = order.to(self.images.device, non_blocking=True)
@@ -539,7 +508,7 @@ class ImageDataModule(L.LightningDataModule):
         streamed data restarts the epoch with a new order, for the batches left)."""
         if self.trainer is None:
             return {"seed": self.seed}
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        progress = loop.batches_into_epoch(self.trainer)
         if progress >= self.trainer.num_training_batches:
             # Saved at an epoch's end (SIGTERM is acted on after the epoch count moved on, with
             # the batch count not yet reset): the next epoch starts from its first batch.

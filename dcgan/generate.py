@@ -13,22 +13,23 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from dcgan.checkpoints import resolve_checkpoint, run_dir_of
 from dcgan.errors import UserInputError
-from dcgan.io import NpzWriter, atomic_dir, grid_image, save_gif, save_png, to_pil
-from dcgan.metrics import score_checkpoint
+from dcgan.files import NpzWriter, atomic_dir, atomic_path, save_gif, save_png
+from dcgan.images import grid, to_pil
+from dcgan.metrics import FIDScorer, InceptionFeatures, reference_datamodule, reference_features
 from dcgan.module import DCGAN
 from dcgan.report import write_progress, write_report
+from dcgan.run import Checkpoint, Run
 from dcgan.sampling import (
     generate_uint8,
     interpolation_path,
     latents,
-    load_generator_module,
     random_walk,
     resolve_device,
     vary_dimensions,
@@ -56,23 +57,22 @@ def _positive(value: object, name: str) -> float:
 class Generation:
     """A loaded generator with the settings every image mode shares; writes into ``out_dir``."""
 
-    def __init__(self, cfg: DictConfig, out_dir: Path) -> None:
-        self.checkpoint = resolve_checkpoint(cfg.checkpoint)
+    def __init__(self, cfg: DictConfig, checkpoint: Checkpoint, out_dir: Path) -> None:
         self.seed = _int(cfg.seed, "seed", 0)
         self.batch_size = _int(cfg.batch_size, "batch_size", 1)
-        self.model: DCGAN = load_generator_module(self.checkpoint, resolve_device(str(cfg.device)))
+        self.model: DCGAN = checkpoint.model(resolve_device(str(cfg.device)))
         self.latent_dim: int = self.model.hparams.latent_dim
         self.image_size: int = self.model.hparams.image_size
         self.out_dir = out_dir
-        self.tag = self.checkpoint.stem  # best, last, ...: files of different checkpoints stay apart
-        log.info("generator of %s on %s", self.checkpoint, self.model.device)
+        self.tag = checkpoint.path.stem  # best, last, ...: files of different checkpoints stay apart
+        log.info("generator of %s on %s", checkpoint.path, self.model.device)
 
     def images(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (N, D) -> uint8 images (N, C, S, S) on the CPU."""
         return generate_uint8(self.model, z, self.batch_size)
 
-    def save_grid(self, z: torch.Tensor, nrow: int, name: str) -> Path:
-        return save_png(grid_image(self.images(z), nrow), self.out_dir / name)
+    def write_grid(self, z: torch.Tensor, nrow: int, name: str) -> Path:
+        return save_png(grid(self.images(z), nrow), self.out_dir / name)
 
     @property
     def gif_scale(self) -> int:
@@ -83,7 +83,7 @@ class Generation:
     def grid(self, cfg: DictConfig) -> list[Path]:
         n = _int(cfg.num_images, "grid.num_images", 1)
         nrow = _int(cfg.nrow, "grid.nrow", 1) if cfg.nrow is not None else math.ceil(math.sqrt(n))
-        return [self.save_grid(latents(n, self.latent_dim, self.seed), nrow, f"grid-{self.tag}-seed{self.seed}.png")]
+        return [self.write_grid(latents(n, self.latent_dim, self.seed), nrow, f"grid-{self.tag}-seed{self.seed}.png")]
 
     def samples(self, cfg: DictConfig) -> list[Path]:
         n = _int(cfg.num_images, "samples.num_images", 1)
@@ -134,7 +134,7 @@ class Generation:
             path = interpolation_path(points, steps, method, closed=bool(cfg.closed))  # (segments, steps, D)
             images = self.images(path.flatten(0, 1)).unflatten(0, path.shape[:2])  # (segments, steps, C, S, S)
             stem = f"interpolate-{self.tag}-{ends}-{method}"
-            written.append(save_png(grid_image(images.flatten(0, 1), nrow=steps), self.out_dir / f"{stem}.png"))
+            written.append(save_png(grid(images.flatten(0, 1), nrow=steps), self.out_dir / f"{stem}.png"))
             # Frames along the whole path; the joints between segments appear once.
             frames = [image for row in images for image in row[:-1]]
             if not cfg.closed:
@@ -163,18 +163,52 @@ class Generation:
         value_range = _positive(cfg.range, "explore.range")
         stem = f"explore-{self.tag}-seed{self.seed}-{index}"
         varied = vary_dimensions(z, dims, value_range, steps)  # (dims, steps, D)
-        written = [self.save_grid(varied.flatten(0, 1), steps, f"{stem}-dims.png")]
+        written = [self.write_grid(varied.flatten(0, 1), steps, f"{stem}-dims.png")]
         walk_steps = _int(cfg.walk_steps, "explore.walk_steps", 2)
         walk = random_walk(z, walk_steps, _positive(cfg.walk_step_size, "explore.walk_step_size"), self.seed)
-        written.append(self.save_grid(walk, math.ceil(math.sqrt(walk_steps)), f"{stem}-walk.png"))
+        written.append(self.write_grid(walk, math.ceil(math.sqrt(walk_steps)), f"{stem}-walk.png"))
         frames = [to_pil(f) for f in self.images(walk)]
         frame_ms = _int(cfg.frame_ms, "explore.frame_ms", 1)
         written.append(save_gif(frames, self.out_dir / f"{stem}-walk.gif", frame_ms, self.gif_scale))
         return written
 
 
-def _default_out_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.out_dir).expanduser() if cfg.out_dir else run_dir_of(cfg.checkpoint) / "generated"
+def score(cfg: DictConfig, run: Run, checkpoint: Checkpoint) -> Path:
+    """FID (and KID) of ``fid.num_samples`` images of the checkpoint's generator against the
+    reference split of the dataset it was trained on; prints the record as one JSON line and
+    writes it to ``fid.out`` (default ``<run dir>/eval/fid-<checkpoint>-n<N>-<split>.json``)."""
+    settings = cfg.fid
+    num_samples = _int(settings.num_samples, "fid.num_samples", 2)
+    dataset = checkpoint.data.get("datamodule_hyper_parameters")
+    if not dataset:
+        raise UserInputError(f"{checkpoint.path} does not record the dataset it was trained on; it cannot be scored")
+    if cfg.data_dir is not None and dataset["name"] != "folder":
+        dataset = dict(dataset) | {"root": cfg.data_dir}
+    device = resolve_device(str(cfg.device))
+    model = checkpoint.model(device)
+    extractor = InceptionFeatures(settings.weights, settings.batch_size).to(device)
+    reference = reference_datamodule(dataset, settings.reference_split)
+    features, key, _ = reference_features(reference, settings.reference_samples, extractor, settings.cache_dir)
+    start = time.perf_counter()
+    scorer = FIDScorer(extractor, features, len(features), num_samples, kid=settings.kid)
+    result = scorer.score(model.generate, latents(num_samples, model.hparams.latent_dim, settings.seed))
+    out = Path(settings.out or run.directory / "eval" / f"fid-{checkpoint.path.stem}-n{num_samples}-{key.split}.json")
+    record = {
+        "checkpoint": str(checkpoint.path.resolve()),
+        "epochs_trained": checkpoint.epochs_trained,
+        **result,
+        "num_samples": num_samples,
+        "num_reference": len(features),
+        "reference": asdict(key),
+        "seed": settings.seed,
+        "device": str(device),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record | {"out": str(out.resolve())}))
+    print(f"Wrote {out.resolve()}", file=sys.stderr)
+    return out
 
 
 def generate(cfg: DictConfig) -> list[Path]:
@@ -187,28 +221,23 @@ def generate(cfg: DictConfig) -> list[Path]:
         raise UserInputError(
             f"required setting(s) not given: {', '.join(missing)}, e.g. checkpoint=outputs/<exp>/<run>"
         )
+    run = Run.of(cfg.checkpoint)
     if cfg.mode == "fid":
-        settings = OmegaConf.to_container(cfg.fid, resolve=True)
-        assert isinstance(settings, dict)
-        device = str(resolve_device(str(cfg.device)))
-        record, path = score_checkpoint(cfg.checkpoint, device=device, data_dir=cfg.data_dir, **settings)  # type: ignore[arg-type]
-        print(json.dumps(record | {"out": str(path.resolve())}))
-        print(f"Wrote {path.resolve()}", file=sys.stderr)
-        return [path]
+        return [score(cfg, run, run.checkpoint(cfg.checkpoint))]
 
-    out_dir = _default_out_dir(cfg)
+    out_dir = Path(cfg.out_dir).expanduser() if cfg.out_dir else run.directory / "generated"
     if cfg.mode == "progress":
         p = cfg.progress
         written = write_progress(
-            run_dir_of(cfg.checkpoint),
+            run.directory,
             out_dir,
             _int(p.frame_ms, "progress.frame_ms", 1),
             _int(p.strip_frames, "progress.strip_frames", 1),
         )
     elif cfg.mode == "report":
-        written = write_report(run_dir_of(cfg.checkpoint), out_dir)
+        written = write_report(run.directory, out_dir)
     else:
-        generation = Generation(cfg, out_dir)
+        generation = Generation(cfg, run.checkpoint(cfg.checkpoint), out_dir)
         mode: Callable[[DictConfig], list[Path]] = getattr(generation, cfg.mode)
         written = mode(cfg[cfg.mode])
     print(f"Wrote {len(written)} {'file' if len(written) == 1 else 'files'} to {out_dir.resolve()}:")

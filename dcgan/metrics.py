@@ -31,11 +31,10 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from dcgan.checkpoints import epochs_trained, read_checkpoint, resolve_checkpoint, run_dir_of
-from dcgan.data import ImageDataModule, find_images, readable_batches, to_uint8, warn_unreadable
+from dcgan.data import ImageDataModule, find_images, readable_batches, warn_unreadable
 from dcgan.errors import UserInputError
-from dcgan.io import atomic_path
-from dcgan.sampling import latents, load_generator_module
+from dcgan.files import atomic_path
+from dcgan.images import to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -351,71 +350,6 @@ class FIDScorer:
         return result
 
 
-def fid_from_features(real: Tensor, fake: Tensor) -> float:
-    """FID between two feature sets (N, 2048), by torchmetrics' FrechetInceptionDistance."""
-    metric = FrechetInceptionDistance(feature=_PassThrough())
-    metric.update(real, real=True)
-    metric.update(fake, real=False)
-    return float(metric.compute())
-
-
 def shard(tensor: Tensor, rank: int, world_size: int) -> Tensor:
     """Rows ``rank, rank + world_size, ...``: disjoint shares that together cover ``tensor``."""
     return tensor[rank::world_size]
-
-
-# --------------------------------------------------------------------------------------------
-# on demand: score a checkpoint
-
-
-def score_checkpoint(
-    checkpoint: str | Path,
-    *,
-    num_samples: int,
-    weights: str | None,
-    cache_dir: str | Path,
-    reference_split: str,
-    reference_samples: int | None,
-    batch_size: int | str,
-    kid: bool,
-    seed: int,
-    device: str = "cpu",
-    data_dir: str | None = None,
-    out: str | Path | None = None,
-) -> tuple[dict[str, Any], Path]:
-    """FID (and KID) of ``num_samples`` images of a checkpoint's generator against the reference
-    split of the dataset it was trained on. Returns the result record and the JSON file written
-    (``out``, by default ``<run dir>/eval/fid-<checkpoint>-n<N>-<split>.json``)."""
-    if not isinstance(num_samples, int) or num_samples < 2:
-        raise UserInputError(f"fid.num_samples={num_samples!r} must be an integer >= 2")
-    path = resolve_checkpoint(checkpoint)
-    meta = read_checkpoint(path)
-    dataset = meta.get("datamodule_hyper_parameters")
-    if not dataset:
-        raise UserInputError(f"{path} does not record the dataset it was trained on; it cannot be scored")
-    if data_dir is not None and dataset["name"] != "folder":
-        dataset = dict(dataset) | {"root": data_dir}
-    model = load_generator_module(path, device)
-    extractor = InceptionFeatures(weights, batch_size).to(device)
-    reference = reference_datamodule(dataset, reference_split)
-    features, key, _ = reference_features(reference, reference_samples, extractor, cache_dir)
-    start = time.perf_counter()
-    scorer = FIDScorer(extractor, features, len(features), num_samples, kid=kid)
-    result = scorer.score(model.generate, latents(num_samples, model.hparams.latent_dim, seed))
-    if out is None:
-        out = run_dir_of(path) / "eval" / f"fid-{path.stem}-n{num_samples}-{key.split}.json"
-    record = {
-        "checkpoint": str(path.resolve()),
-        "epochs_trained": epochs_trained(meta),
-        **result,
-        "num_samples": num_samples,
-        "num_reference": len(features),
-        "reference": asdict(key),
-        "seed": seed,
-        "device": str(device),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-    return record, out

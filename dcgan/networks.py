@@ -151,8 +151,6 @@ class Discriminator(nn.Module):
             in_ch = out_ch
         layers.append(nn.Conv2d(in_ch, 1, kernel_size=start, stride=1, padding=0, bias=False))
         self.net = nn.Sequential(*layers)
-        self.image_size = image_size
-        self.channels = channels
         init_dcgan_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:

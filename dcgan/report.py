@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from dcgan.errors import UserInputError
-from dcgan.io import atomic_path, save_gif, save_png
+from dcgan.files import atomic_path, save_gif, save_png
 
 Series = tuple[np.ndarray, np.ndarray]  # (batches, values)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dcgan.checkpoints import read_checkpoint, resolve_checkpoint
-from dcgan.data import to_uint8
 from dcgan.errors import UserInputError
+from dcgan.images import to_uint8
 from dcgan.module import DCGAN
+from dcgan.run import Run
 
 
 def resolve_device(device: str) -> torch.device:
@@ -35,11 +35,10 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def load_generator_module(path: str | Path, device: str | torch.device = "cpu") -> DCGAN:
-    """Rebuild a ``DCGAN`` from a checkpoint alone (weights only, no pickled code), in eval mode."""
-    ckpt = resolve_checkpoint(path)
-    read_checkpoint(ckpt)  # clear errors for files that are not ours
-    return DCGAN.load_from_checkpoint(ckpt, map_location=device, weights_only=True).eval()
+def load_generator_module(source: str | Path, device: str | torch.device = "cpu") -> DCGAN:
+    """Rebuild a ``DCGAN`` from a checkpoint alone (weights only, no pickled code), in eval mode:
+    a .ckpt file, or a run directory (its best.ckpt, else last.ckpt)."""
+    return Run.of(source).checkpoint(source).model(device)
 
 
 def _latent_seed(seed: int, index: int) -> int:

@@ -55,16 +55,8 @@ class Speed:
                 f"speed.compile_mode={self.compile_mode!r} is not known; choose one of {', '.join(COMPILE_MODES)}"
             )
 
-    def settings(self) -> dict[str, Any]:
-        return {
-            "channels_last": self.channels_last,
-            "fused_optimizer": self.fused_optimizer,
-            "compile": self.compile,
-            "compile_mode": self.compile_mode,
-        }
-
     def __repr__(self) -> str:
-        return f"Speed({', '.join(f'{k}={v!r}' for k, v in self.settings().items())})"
+        return f"Speed({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
     @property
     def memory_format(self) -> torch.memory_format:

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from dcgan.errors import UserInputError
-from dcgan.io import atomic_path
+from dcgan.files import atomic_path
 
 COLUMNS: tuple[str, ...] = ("job", "status", "fid_best", "best_epoch", "fid", "epochs", "wall_s", "overrides", "error")
 

@@ -19,15 +19,23 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from dcgan import loop
 from dcgan.callbacks import FIDCallback
-from dcgan.checkpoints import check_resumable
 from dcgan.cli import in_multirun
 from dcgan.errors import TrainingDiverged, TrainingInterrupted, UserInputError
-from dcgan.faults import AtomicCheckpointIO, InterruptCheckpoint, remove_stale_temporaries
-from dcgan.io import atomic_path
+from dcgan.files import atomic_path
 from dcgan.module import DCGAN, OptimizerFactory
-from dcgan.resume import ResumedRun, SaveResumedSettings, resumed_run
-from dcgan.speed import Speed
+from dcgan.run import (
+    AtomicCheckpointIO,
+    InterruptCheckpoint,
+    RandomState,
+    ResumedRun,
+    SaveResumedSettings,
+    check_resumable,
+    checkpoint_to_train_from,
+    remove_stale_temporaries,
+    resumed_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +103,14 @@ def build(
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     g_opt, d_opt = build_optimizer(cfg, "generator"), build_optimizer(cfg, "discriminator")
     datamodule: L.LightningDataModule = instantiate_node(cfg.dataset, "dataset")
-    speed: Speed = instantiate_node(cfg.speed, "speed") if cfg.get("speed") else Speed()
+    speed = instantiate_node(cfg.speed, "speed")
     model: DCGAN = instantiate_node(cfg.model, "model", g_optimizer=g_opt, d_optimizer=d_opt, speed=speed)
     callbacks = [
         instantiate_node(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items() if c is not None
     ]
     if cfg.eval.fid:
         callbacks.append(fid_callback(cfg))
-    callbacks.append(InterruptCheckpoint(Path(cfg.paths.output_dir) / "checkpoints"))
+    callbacks += [RandomState(), InterruptCheckpoint(Path(cfg.paths.output_dir) / "checkpoints")]
     callbacks += extra_callbacks or []
     loggers = [instantiate_node(cfg.logger, "logger")] if cfg.get("logger") else []
     if str(cfg.trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
@@ -170,7 +178,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if resumed is not None:
         base |= resumed.job() | {"resumed_from": cfg.ckpt_path}
     try:
-        record = _train(cfg, output_dir, [SaveResumedSettings(resumed)] if resumed is not None else [])
+        record = _train(cfg, output_dir, resumed)
     except Exception as e:
         # A refused resume (a bad setting, other network settings, a finished run) keeps the
         # run's record: it still describes the run's last training.
@@ -186,17 +194,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _interrupted(interrupt: InterruptCheckpoint, trainer: L.Trainer, output_dir: Path) -> TrainingInterrupted:
-    name = "Ctrl-C" if interrupt.signal == signal.SIGINT else "SIGTERM"
     code = 128 + int(interrupt.signal or 0)
     if interrupt.saved is None:
+        name = "Ctrl-C" if interrupt.signal == signal.SIGINT else "SIGTERM"
         return TrainingInterrupted(f"{name} before training began; nothing to save", code)
-    batches = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-    if batches >= trainer.num_training_batches:  # after the epoch's last batch, in its end-of-epoch work
-        where = f"the end of epoch {trainer.fit_loop.epoch_progress.current.processed}"
-    else:
-        where = f"epoch {trainer.current_epoch + 1}, batch {batches}"
     return TrainingInterrupted(
-        f"{name} at {where}: saved the training state to {interrupt.saved}. "
+        f"{interrupt.describe(trainer)}: saved the training state to {interrupt.saved}. "
         f"Continue with: python train.py resume={output_dir}",
         code,
     )
@@ -229,11 +232,13 @@ def objective(record: dict[str, Any]) -> float:
     return float(value)
 
 
-def _train(cfg: DictConfig, output_dir: Path, extra_callbacks: list[L.Callback]) -> dict[str, Any]:
-    datamodule, model, trainer = build(cfg, extra_callbacks)
+def _train(cfg: DictConfig, output_dir: Path, resumed: ResumedRun | None) -> dict[str, Any]:
+    datamodule, model, trainer = build(cfg, [SaveResumedSettings(resumed)] if resumed is not None else [])
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:
-        check_resumable(ckpt_path, dict(model.hparams), trainer.max_epochs)
+        ckpt = resumed.checkpoint if resumed is not None else checkpoint_to_train_from(ckpt_path)
+        check_resumable(ckpt, dict(model.hparams), trainer.max_epochs)
+        del ckpt  # Lightning reads the file itself
     if trainer.is_global_zero:
         log.info("Run directory: %s", output_dir.resolve())
         remove_stale_temporaries(output_dir / "checkpoints")
@@ -256,14 +261,14 @@ def _train(cfg: DictConfig, output_dir: Path, extra_callbacks: list[L.Callback])
     last = output_dir / "checkpoints" / "last.ckpt"
     if trainer.is_global_zero:
         log.info(
-            f"Done: {trainer.current_epoch} epochs, {trainer.fit_loop.total_batch_idx + 1} batches. "
+            f"Done: {trainer.current_epoch} epochs, {loop.batches_trained(trainer)} batches. "
             f"Last checkpoint: {last}. Samples: {output_dir / 'samples'}. "
             f"TensorBoard: tensorboard --logdir {output_dir}"
         )
     fid = next((c for c in trainer.callbacks if isinstance(c, FIDCallback)), None)  # type: ignore[attr-defined]
     record: dict[str, Any] = {
         "epochs": trainer.current_epoch,
-        "batches": trainer.fit_loop.total_batch_idx + 1,
+        "batches": loop.batches_trained(trainer),
         "fid": metrics.get("val/fid"),
         "fid_best": fid.best_fid if fid is not None and math.isfinite(fid.best_fid) else None,
         "best_epoch": fid.best_epoch if fid is not None and fid.best_epoch else None,

@@ -16,10 +16,9 @@ from dcgan.data import (
     find_images,
     load_image,
     load_mnist_images,
-    resize_uint8,
-    to_unit_range,
 )
 from dcgan.errors import UserInputError
+from dcgan.images import resize_uint8, to_unit_range
 
 
 def folder_module(path: Path, **kwargs) -> ImageDataModule:  # type: ignore[no-untyped-def]

@@ -19,8 +19,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan.errors import OutputError, TrainingDiverged
-from dcgan.faults import AtomicCheckpointIO, remove_stale_temporaries
-from dcgan.io import atomic_path, save_png
+from dcgan.files import atomic_path, save_png
+from dcgan.run import AtomicCheckpointIO, remove_stale_temporaries
 from tests.helpers import REPO, check, nan_loss_at, run_script
 
 # Long enough epochs (500 batches of 32, tiny networks: ~5 s on 2 cores) for a signal sent a
@@ -197,7 +197,7 @@ def test_kill_9_while_a_checkpoint_is_written_leaves_the_previous_one(tmp_path: 
     path = tmp_path / "last.ckpt"
     writer = (
         "import sys, torch\n"
-        "from dcgan.faults import AtomicCheckpointIO\n"
+        "from dcgan.run import AtomicCheckpointIO\n"
         "io = AtomicCheckpointIO()\n"
         "for version in range(1, 1000):\n"
         "    io.save_checkpoint({'version': version, 'blob': torch.full((50_000_000,), float(version))}, sys.argv[1])\n"

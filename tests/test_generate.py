@@ -18,8 +18,8 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from dcgan.errors import OutputError, UserInputError
+from dcgan.files import NpzWriter, atomic_dir
 from dcgan.generate import generate
-from dcgan.io import NpzWriter, atomic_dir
 from dcgan.report import read_scalars, write_report
 from dcgan.sampling import interpolation_path, latents, lerp, slerp, vary_dimensions
 from tests.helpers import CONF
@@ -130,6 +130,22 @@ def test_grid(gen: Callable[..., list[Path]], tmp_path: Path) -> None:
     assert again.read_bytes() == path.read_bytes()
     [other] = gen("grid.num_images=10", "grid.nrow=5", "seed=1", out="other")
     assert not np.array_equal(read(other), read(path))
+
+
+@pytest.mark.parametrize("mode", ["grid", "samples", "fid"])
+def test_a_checkpoint_file_is_read_once_per_call(
+    gen: Callable[..., list[Path]], monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    real_load, checkpoints_read = torch.load, []
+
+    def load(f, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if str(f).endswith(".ckpt"):
+            checkpoints_read.append(Path(f).name)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    gen(f"mode={mode}", "samples.num_images=4", "fid.num_samples=32", "fid.reference_samples=64")
+    assert checkpoints_read == ["best.ckpt"]
 
 
 def test_default_output_folder_is_in_the_run(smoke_run: Path) -> None:

@@ -26,6 +26,7 @@ TINY = {
     "instance_noise": 0.0,
     "instance_noise_anneal_steps": None,
     "num_fixed_samples": 4,
+    "nonfinite_loss": "stop",
 }
 
 

@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from dcgan.checkpoints import check_resumable, epochs_trained, read_checkpoint
 from dcgan.errors import UserInputError
+from dcgan.loop import epochs_trained
 from dcgan.module import DCGAN
+from dcgan.run import Checkpoint, check_resumable, read_checkpoint
 from tests.helpers import REPO, check, run_script
 
 pytestmark = pytest.mark.slow
@@ -197,14 +198,15 @@ def test_generate_with_bad_input(tmp_path: Path) -> None:
 
 def test_resume_refuses_other_network_settings_and_finished_runs(smoke_run: Path, tmp_path: Path) -> None:
     last = smoke_run / "checkpoints" / "last.ckpt"
-    hparams = dict(read_checkpoint(last)["hyper_parameters"])
-    check_resumable(last, hparams, max_epochs=3)  # compatible: no error
+    ckpt = Checkpoint.read(last)
+    hparams = ckpt.hparams
+    check_resumable(ckpt, hparams, max_epochs=3)  # compatible: no error
     with pytest.raises(
         UserInputError, match="model.image_size: checkpoint 28, config 64; model.g_width: checkpoint 8, config 16"
     ):
-        check_resumable(last, hparams | {"g_width": 16, "image_size": 64}, max_epochs=3)
+        check_resumable(ckpt, hparams | {"g_width": 16, "image_size": 64}, max_epochs=3)
     with pytest.raises(UserInputError, match="has already trained 2 epochs; set trainer.max_epochs above 2"):
-        check_resumable(last, hparams, max_epochs=2)
+        check_resumable(ckpt, hparams, max_epochs=2)
     stderr = user_error(
         run_script("train.py", "experiment=smoke", f"ckpt_path={last}", "model=dcgan64", f"hydra.run.dir={tmp_path}")
     )

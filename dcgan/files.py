@@ -14,9 +14,7 @@ from types import TracebackType
 import numpy as np
 from PIL import Image
 from torch import Tensor
-from torchvision.utils import make_grid
 
-from dcgan.data import to_uint8
 from dcgan.errors import OutputError
 
 # errno values that mean "this location cannot take the file", not a bug in the writer.
@@ -73,17 +71,6 @@ def _output_error(e: OSError, path: Path, kind: str) -> OutputError | None:
     )
 
 
-def image_grid(images: Tensor, nrow: int) -> Tensor:
-    """Images (N, C, S, S) in [-1, 1] -> one grid (C, H, W) in [0, 1], 2 px padding."""
-    return make_grid(images.detach().float().cpu(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
-
-
-def save_grid(images: Tensor, path: str | Path, nrow: int) -> Path:
-    """Save images (N, C, S, S) in [-1, 1] as one PNG grid, atomically, pixels rounded as
-    everywhere else (``to_uint8``)."""
-    return save_png(grid_image(to_uint8(images.detach()), nrow), path)
-
-
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; when the block finishes, it replaces ``path``
@@ -113,18 +100,6 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise error from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def to_pil(image: Tensor) -> Image.Image:
-    """One uint8 image (C, H, W), C = 1 or 3 -> a PIL image (mode L or RGB)."""
-    array = image.permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
-
-
-def grid_image(images: Tensor, nrow: int) -> Image.Image:
-    """uint8 images (N, C, S, S) -> one PIL grid, 2 px black padding, as ``save_grid`` lays out."""
-    grid = make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=0)  # (3, H, W): C = 1 is repeated
-    return to_pil(grid if images.shape[1] == 3 else grid[:1])
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:

@@ -1,0 +1,47 @@
+"""Where training is, read from Lightning's loops and checkpoints.
+
+The one module that reads Lightning's internals (private attributes, loop progress counters, the
+checkpoint's ``loops`` entry): a Lightning upgrade that moves them breaks this file only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+
+
+def batch_index(trainer: L.Trainer) -> int:
+    """0-based index of the current (or, after it, the last) batch of the whole run: batches
+    across epochs, restored on resume. (``global_step`` counts both optimizers' steps.)"""
+    return int(trainer.fit_loop.total_batch_idx)
+
+
+def batches_trained(trainer: L.Trainer) -> int:
+    """Batches trained so far in the whole run."""
+    return batch_index(trainer) + 1
+
+
+def batches_into_epoch(trainer: L.Trainer) -> int:
+    """Batches of the current epoch completed; ``trainer.num_training_batches`` once the epoch's
+    last batch is done, until the next epoch starts (e.g. in end-of-epoch work)."""
+    return int(trainer.fit_loop.epoch_loop.batch_progress.current.completed)
+
+
+def epochs_finished(trainer: L.Trainer) -> int:
+    """Epochs whose end-of-epoch work has run."""
+    return int(trainer.fit_loop.epoch_progress.current.processed)
+
+
+def logger_writes_now(trainer: L.Trainer) -> bool:
+    """Whether the logger writes this batch's step metrics (every ``log_every_n_steps``)."""
+    return bool(trainer._logger_connector.should_update_logs)
+
+
+def epochs_trained(ckpt: dict[str, Any]) -> int:
+    """Epochs whose training finished when ``ckpt`` was written. (``ckpt["epoch"]`` lags by one
+    in checkpoints written from an epoch-end hook, like ``best.ckpt``.)"""
+    try:
+        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError):
+        return int(ckpt.get("epoch", 0))
