@@ -17,15 +17,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from dcgan import loop
-from dcgan.data import SPLITS, ImageDataModule
-from dcgan.errors import UserInputError
+from dcgan.datasets import SPLITS, ImageDataModule
+from dcgan.errors import choice, integer, require
 from dcgan.files import save_png
 from dcgan.images import grid, to_uint8
 from dcgan.metrics import (
     FIDScorer,
     InceptionFeatures,
     ReferenceKey,
-    reference_datamodule,
     reference_features,
     shard,
 )
@@ -34,6 +33,12 @@ from dcgan.sampling import latents
 
 # Hydra sends this logger to the console and the run's train.log.
 log = logging.getLogger(__name__)
+
+
+def _due(trainer: L.Trainer, every_n_epochs: int) -> bool:
+    """Whether the epoch ending now is an ``every_n_epochs``-th one or the run's last."""
+    epoch = trainer.current_epoch + 1  # epochs completed
+    return epoch % every_n_epochs == 0 or epoch == trainer.max_epochs
 
 
 class LastCheckpoint(Checkpoint):
@@ -47,15 +52,12 @@ class LastCheckpoint(Checkpoint):
     FID are in the file.
     """
 
-    def __init__(self, dirpath: str | Path, every_n_epochs: int = 1) -> None:
-        if every_n_epochs < 1:
-            raise UserInputError(f"callbacks.checkpoint.every_n_epochs={every_n_epochs} must be >= 1")
+    def __init__(self, dirpath: str | Path, every_n_epochs: int) -> None:
         self.path = Path(dirpath) / "last.ckpt"
-        self.every_n_epochs = every_n_epochs
+        self.every_n_epochs = integer(every_n_epochs, "callbacks.checkpoint.every_n_epochs")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1  # epochs completed
-        if epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs:
+        if _due(trainer, self.every_n_epochs):
             # Under DDP, Lightning syncs the epoch's sync_dist metrics when they are first
             # read, and rank 0's progress bar has read them already: reading them here makes
             # the other ranks sync too, before the save's barrier, so the ranks' collective
@@ -68,18 +70,16 @@ class SampleGrid(L.Callback):
     """Every ``every_n_epochs`` epochs, G's images of the module's fixed noise batch: a PNG in
     ``dirpath`` (``epoch_0001.png``, ...) and an image ``samples`` in TensorBoard."""
 
-    def __init__(self, dirpath: str | Path, every_n_epochs: int = 1, nrow: int | None = None) -> None:
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs={every_n_epochs} must be >= 1")
+    def __init__(self, dirpath: str | Path, every_n_epochs: int, nrow: int | None = None) -> None:
         self.dirpath = Path(dirpath)
-        self.every_n_epochs = every_n_epochs
+        self.every_n_epochs = integer(every_n_epochs, "callbacks.samples.every_n_epochs")
         self.nrow = nrow
 
     @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1  # epochs completed
-        if epoch % self.every_n_epochs and epoch != trainer.max_epochs:
+        if not _due(trainer, self.every_n_epochs):
             return
+        epoch = trainer.current_epoch + 1  # epochs completed
         assert isinstance(pl_module, DCGAN)
         images = to_uint8(pl_module.generate(pl_module.fixed_noise))
         picture = grid(images, self.nrow or math.ceil(math.sqrt(len(images))))
@@ -106,7 +106,7 @@ class EpochTimer(L.Callback):
         self._images = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
-        self._images += len(batch)
+        self._images += len(batch[0])  # (images, labels)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seconds = time.perf_counter() - self._start
@@ -143,15 +143,12 @@ class FIDCallback(L.Callback):
         kid: bool,
         seed: int,
     ) -> None:
-        if every_n_epochs < 1:
-            raise UserInputError(f"eval.every_n_epochs={every_n_epochs} must be >= 1")
-        if num_samples != "auto" and (not isinstance(num_samples, int) or num_samples < 2):
-            raise UserInputError(f"eval.num_samples={num_samples!r} must be auto or an integer >= 2")
-        if reference_split not in SPLITS:
-            raise UserInputError(f"eval.reference_split={reference_split!r} must be one of {', '.join(SPLITS)}")
+        ok = num_samples == "auto" or (isinstance(num_samples, int) and num_samples >= 2)
+        require(ok, "eval.num_samples", num_samples, "must be auto or an integer >= 2")
+        choice(reference_split, "eval.reference_split", SPLITS)
         self.checkpoint_dir = Path(checkpoint_dir)
         self.metrics_file = Path(metrics_file)
-        self.every_n_epochs = every_n_epochs
+        self.every_n_epochs = integer(every_n_epochs, "eval.every_n_epochs")
         self.num_samples_setting = num_samples
         self.cache_dir = cache_dir
         self.reference_split = reference_split
@@ -178,7 +175,7 @@ class FIDCallback(L.Callback):
         datamodule = trainer.datamodule
         if not isinstance(datamodule, ImageDataModule):
             raise TypeError("FIDCallback needs an ImageDataModule to find the reference images")
-        reference = reference_datamodule(dict(datamodule.hparams), self.reference_split)
+        reference = datamodule.reference(self.reference_split)
         self.extractor.to(device)
         # Rank 0 computes (or loads) and caches the reference; the others then read the cache.
         if trainer.is_global_zero:
@@ -198,9 +195,9 @@ class FIDCallback(L.Callback):
         return reference_features(reference, self.reference_samples, self.extractor, self.cache_dir)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1
-        if epoch % self.every_n_epochs and epoch != trainer.max_epochs:
+        if not _due(trainer, self.every_n_epochs):
             return
+        epoch = trainer.current_epoch + 1
         assert self.scorer is not None and isinstance(pl_module, DCGAN)
         start = time.perf_counter()
         result = self.scorer.score(pl_module.generate, self.latents)

@@ -10,15 +10,14 @@ import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan.errors import ReportedError, TrainingInterrupted, UserInputError
-from dcgan.run import resume_run
+from dcgan.run import in_multirun, resume_run
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +51,6 @@ for _name, _fn in (("dcgan.run_name", run_name), ("dcgan.run_dir", run_dir), ("d
         OmegaConf.register_new_resolver(_name, _fn, use_cache=True)
 
 
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def run_or_exit(fn: Callable[[], T]) -> T | float:
     """Run ``fn``; on a ``ReportedError`` print ``<label>: <message>`` to stderr and exit with
     its code (2 for bad input, 128 + signal for an interruption, 1 otherwise).
@@ -68,19 +63,23 @@ def run_or_exit(fn: Callable[[], T]) -> T | float:
     try:
         return fn()
     except TrainingInterrupted as e:
-        print(f"{e.label}: {e}", file=sys.stderr)
-        raise SystemExit(e.exit_code) from None
+        exit_with(e)
     except ReportedError as e:
         if in_multirun():
             log.error("job %d failed: %s", HydraConfig.get().job.num, e)
             return math.inf
-        print(f"{e.label}: {e}", file=sys.stderr)
-        raise SystemExit(e.exit_code) from None
+        exit_with(e)
     except Exception:
         if in_multirun():
             log.exception("job %d failed", HydraConfig.get().job.num)
             return math.inf
         raise
+
+
+def exit_with(error: ReportedError) -> NoReturn:
+    """Print ``<label>: <message>`` to stderr and exit with the error's code."""
+    print(f"{error.label}: {error}", file=sys.stderr)
+    raise SystemExit(error.exit_code) from None
 
 
 class CheckOutputDir(Callback):
@@ -107,8 +106,7 @@ class CheckOutputDir(Callback):
                 cause = cause.__cause__ or cause.__context__
             if cause is None:
                 raise
-            print(f"error: {cause}", file=sys.stderr)
-            raise SystemExit(2) from None
+            exit_with(cause)
 
 
 def check_writable_dir(path: Path, what: str) -> None:

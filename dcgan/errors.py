@@ -38,3 +38,33 @@ class TrainingInterrupted(ReportedError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+# --------------------------------------------------------------------------------------------
+# checks of single settings, with one wording: "<key>=<value> <what is accepted>"
+
+
+def require(ok: bool, key: str, value: object, requirement: str) -> None:
+    """Raise ``UserInputError("<key>=<value> <requirement>")`` unless ``ok``."""
+    if not ok:
+        raise UserInputError(f"{key}={value!r} {requirement}")
+
+
+def integer(value: object, key: str, minimum: int = 1) -> int:
+    """``value``, checked to be an integer >= ``minimum`` (not a bool)."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    require(ok, key, value, f"must be an integer >= {minimum}")
+    return value  # type: ignore[return-value]
+
+
+def positive_number(value: object, key: str) -> float:
+    """``value``, checked to be a number > 0 (not a bool)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    require(ok, key, value, "must be a number > 0")
+    return float(value)  # type: ignore[arg-type]
+
+
+def choice(value: object, key: str, options: tuple[str, ...]) -> str:
+    """``value``, checked to be one of ``options``."""
+    require(value in options, key, value, f"is not known; choose one of {', '.join(options)}")
+    return value  # type: ignore[return-value]

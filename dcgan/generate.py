@@ -1,30 +1,40 @@
 """``generate(cfg)``: the modes of generate.py, each writing files into one output folder.
 
-Every image comes from seeded latents (``dcgan.sampling.latents``): the same seed gives the same
-images, whatever the batch size, and sample *i* of a seed is the same in every mode.
+- ``grid``, ``samples``, ``interpolate``, ``explore``: images of a checkpoint's generator
+  (``Generation``). Every image comes from seeded latents (``dcgan.sampling.latents``): the
+  same seed gives the same images, whatever the batch size, and sample *i* of a seed is the
+  same in every mode.
+- ``fid``: FID (and KID) of a checkpoint (``score``).
+- ``report``, ``progress``: plots of a run's logs and its epoch grids as an animation.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 import math
+import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from hydra.utils import instantiate
+from matplotlib.figure import Figure
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from PIL import Image, ImageDraw, ImageFont
 
-from dcgan.errors import UserInputError
+from dcgan.errors import UserInputError, choice, integer, positive_number
 from dcgan.files import NpzWriter, atomic_dir, atomic_path, save_gif, save_png
 from dcgan.images import grid, to_pil
-from dcgan.metrics import FIDScorer, InceptionFeatures, reference_datamodule, reference_features
+from dcgan.metrics import FIDScorer, InceptionFeatures, reference_features
 from dcgan.module import DCGAN
-from dcgan.report import write_progress, write_report
 from dcgan.run import Checkpoint, Run
 from dcgan.sampling import (
     generate_uint8,
@@ -42,24 +52,12 @@ MODES: tuple[str, ...] = ("grid", "samples", "interpolate", "explore", "progress
 GIF_TARGET_PX = 128
 
 
-def _int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UserInputError(f"{name}={value!r} must be an integer >= {minimum}")
-    return value
-
-
-def _positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise UserInputError(f"{name}={value!r} must be a number > 0")
-    return float(value)
-
-
 class Generation:
     """A loaded generator with the settings every image mode shares; writes into ``out_dir``."""
 
     def __init__(self, cfg: DictConfig, checkpoint: Checkpoint, out_dir: Path) -> None:
-        self.seed = _int(cfg.seed, "seed", 0)
-        self.batch_size = _int(cfg.batch_size, "batch_size", 1)
+        self.seed = integer(cfg.seed, "seed", 0)
+        self.batch_size = integer(cfg.batch_size, "batch_size", 1)
         self.model: DCGAN = checkpoint.model(resolve_device(str(cfg.device)))
         self.latent_dim: int = self.model.hparams.latent_dim
         self.image_size: int = self.model.hparams.image_size
@@ -81,12 +79,12 @@ class Generation:
     # -- modes -------------------------------------------------------------------------------
 
     def grid(self, cfg: DictConfig) -> list[Path]:
-        n = _int(cfg.num_images, "grid.num_images", 1)
-        nrow = _int(cfg.nrow, "grid.nrow", 1) if cfg.nrow is not None else math.ceil(math.sqrt(n))
+        n = integer(cfg.num_images, "grid.num_images", 1)
+        nrow = integer(cfg.nrow, "grid.nrow", 1) if cfg.nrow is not None else math.ceil(math.sqrt(n))
         return [self.write_grid(latents(n, self.latent_dim, self.seed), nrow, f"grid-{self.tag}-seed{self.seed}.png")]
 
     def samples(self, cfg: DictConfig) -> list[Path]:
-        n = _int(cfg.num_images, "samples.num_images", 1)
+        n = integer(cfg.num_images, "samples.num_images", 1)
         if not (cfg.png or cfg.npz):
             raise UserInputError("samples.png=false and samples.npz=false: nothing to write; enable one of them")
         name = f"samples-{self.tag}-seed{self.seed}"
@@ -114,8 +112,9 @@ class Generation:
         return [p for p, on in ((folder, cfg.png), (npz, cfg.npz)) if on]
 
     def interpolate(self, cfg: DictConfig) -> list[Path]:
-        steps = _int(cfg.steps, "interpolate.steps", 2)
-        methods = ["linear", "slerp"] if cfg.method == "both" else [str(cfg.method)]
+        steps = integer(cfg.steps, "interpolate.steps", 2)
+        method = choice(cfg.method, "interpolate.method", ("linear", "slerp", "both"))
+        methods = ["linear", "slerp"] if method == "both" else [method]
         if cfg.seeds is not None:
             seeds = cfg.seeds
             if not isinstance(seeds, ListConfig) or len(seeds) < 2 or not all(isinstance(s, int) for s in seeds):
@@ -126,7 +125,7 @@ class Generation:
             points = torch.cat([latents(1, self.latent_dim, s) for s in seeds])
             ends = "seeds" + "-".join(str(s) for s in seeds)
         else:
-            count = _int(cfg.points, "interpolate.points", 2)
+            count = integer(cfg.points, "interpolate.points", 2)
             points = latents(count, self.latent_dim, self.seed)  # the first images of `mode=grid`
             ends = f"seed{self.seed}x{count}"
         written = []
@@ -139,17 +138,17 @@ class Generation:
             frames = [image for row in images for image in row[:-1]]
             if not cfg.closed:
                 frames.append(images[-1, -1])  # closed: the last frame would repeat the first
-            frame_ms = _int(cfg.frame_ms, "interpolate.frame_ms", 1)
+            frame_ms = integer(cfg.frame_ms, "interpolate.frame_ms", 1)
             written.append(
                 save_gif([to_pil(f) for f in frames], self.out_dir / f"{stem}.gif", frame_ms, self.gif_scale)
             )
         return written
 
     def explore(self, cfg: DictConfig) -> list[Path]:
-        index = _int(cfg.index, "explore.index", 0)
+        index = integer(cfg.index, "explore.index", 0)
         z = latents(1, self.latent_dim, self.seed, start=index)[0]  # image `index` of `mode=grid`
         if isinstance(cfg.dims, int) and not isinstance(cfg.dims, bool):
-            dims = list(range(min(_int(cfg.dims, "explore.dims", 1), self.latent_dim)))
+            dims = list(range(min(integer(cfg.dims, "explore.dims", 1), self.latent_dim)))
         elif isinstance(cfg.dims, ListConfig) and cfg.dims and all(isinstance(d, int) for d in cfg.dims):
             dims = list(cfg.dims)
         else:
@@ -159,16 +158,16 @@ class Generation:
         bad = [d for d in dims if not 0 <= d < self.latent_dim]
         if bad:
             raise UserInputError(f"explore.dims {bad} are outside the latent's 0..{self.latent_dim - 1}")
-        steps = _int(cfg.steps, "explore.steps", 2)
-        value_range = _positive(cfg.range, "explore.range")
+        steps = integer(cfg.steps, "explore.steps", 2)
+        value_range = positive_number(cfg.range, "explore.range")
         stem = f"explore-{self.tag}-seed{self.seed}-{index}"
         varied = vary_dimensions(z, dims, value_range, steps)  # (dims, steps, D)
         written = [self.write_grid(varied.flatten(0, 1), steps, f"{stem}-dims.png")]
-        walk_steps = _int(cfg.walk_steps, "explore.walk_steps", 2)
-        walk = random_walk(z, walk_steps, _positive(cfg.walk_step_size, "explore.walk_step_size"), self.seed)
+        walk_steps = integer(cfg.walk_steps, "explore.walk_steps", 2)
+        walk = random_walk(z, walk_steps, positive_number(cfg.walk_step_size, "explore.walk_step_size"), self.seed)
         written.append(self.write_grid(walk, math.ceil(math.sqrt(walk_steps)), f"{stem}-walk.png"))
         frames = [to_pil(f) for f in self.images(walk)]
-        frame_ms = _int(cfg.frame_ms, "explore.frame_ms", 1)
+        frame_ms = integer(cfg.frame_ms, "explore.frame_ms", 1)
         written.append(save_gif(frames, self.out_dir / f"{stem}-walk.gif", frame_ms, self.gif_scale))
         return written
 
@@ -178,16 +177,16 @@ def score(cfg: DictConfig, run: Run, checkpoint: Checkpoint) -> Path:
     reference split of the dataset it was trained on; prints the record as one JSON line and
     writes it to ``fid.out`` (default ``<run dir>/eval/fid-<checkpoint>-n<N>-<split>.json``)."""
     settings = cfg.fid
-    num_samples = _int(settings.num_samples, "fid.num_samples", 2)
-    dataset = checkpoint.data.get("datamodule_hyper_parameters")
-    if not dataset:
+    num_samples = integer(settings.num_samples, "fid.num_samples", 2)
+    dataset = dict(checkpoint.data.get("datamodule_hyper_parameters") or {})
+    if "_target_" not in dataset:
         raise UserInputError(f"{checkpoint.path} does not record the dataset it was trained on; it cannot be scored")
-    if cfg.data_dir is not None and dataset["name"] != "folder":
-        dataset = dict(dataset) | {"root": cfg.data_dir}
+    if cfg.data_dir is not None and "root" in dataset:  # MNIST and Fashion-MNIST
+        dataset["root"] = cfg.data_dir
     device = resolve_device(str(cfg.device))
     model = checkpoint.model(device)
     extractor = InceptionFeatures(settings.weights, settings.batch_size).to(device)
-    reference = reference_datamodule(dataset, settings.reference_split)
+    reference = instantiate(dataset).reference(settings.reference_split)
     features, key, _ = reference_features(reference, settings.reference_samples, extractor, settings.cache_dir)
     start = time.perf_counter()
     scorer = FIDScorer(extractor, features, len(features), num_samples, kid=settings.kid)
@@ -214,8 +213,7 @@ def score(cfg: DictConfig, run: Run, checkpoint: Checkpoint) -> Path:
 def generate(cfg: DictConfig) -> list[Path]:
     """Run ``cfg.mode``; returns the files and folders written (``fid``: the JSON file) and
     prints where they are."""
-    if cfg.mode not in MODES:
-        raise UserInputError(f"mode={cfg.mode!r} is not known; choose one of {', '.join(MODES)}")
+    choice(cfg.mode, "mode", MODES)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UserInputError(
@@ -231,8 +229,8 @@ def generate(cfg: DictConfig) -> list[Path]:
         written = write_progress(
             run.directory,
             out_dir,
-            _int(p.frame_ms, "progress.frame_ms", 1),
-            _int(p.strip_frames, "progress.strip_frames", 1),
+            integer(p.frame_ms, "progress.frame_ms", 1),
+            integer(p.strip_frames, "progress.strip_frames", 1),
         )
     elif cfg.mode == "report":
         written = write_report(run.directory, out_dir)
@@ -244,3 +242,190 @@ def generate(cfg: DictConfig) -> list[Path]:
     for path in written:
         print(f"  {path.relative_to(out_dir)}{'/' if path.is_dir() else ''}")
     return written
+
+
+# --------------------------------------------------------------------------------------------
+# mode=report and mode=progress: what a run directory shows after training, from the files
+# train.py writes: tensorboard/ event files (or csv/metrics.csv with logger=csv), fid.jsonl and
+# samples/epoch_*.png
+
+Series = tuple[np.ndarray, np.ndarray]  # (batches, values)
+
+LOSS_TAGS = {"train/g_loss": "G loss", "train/d_loss": "D loss"}
+D_TAGS = {"train/d_real": "D(x), real images", "train/d_fake": "D(G(z)), generated images"}
+
+
+# --------------------------------------------------------------------------------------------
+# reading a run's logs
+
+
+def read_scalars(run_dir: Path) -> dict[str, Series]:
+    """Every logged scalar of a run, by tag: (x = batches trained, values), from TensorBoard
+    event files, or from the CSV logger's ``metrics.csv``."""
+    tb_dir = run_dir / "tensorboard"
+    if any(tb_dir.glob("events.out.tfevents.*")):
+        # Imported here: loading TensorBoard's reader takes a second.
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+        acc.Reload()
+        return {
+            tag: (np.array([e.step for e in events]), np.array([e.value for e in events]))
+            for tag in acc.Tags()["scalars"]
+            if (events := acc.Scalars(tag))
+        }
+    csv_file = run_dir / "csv" / "metrics.csv"
+    if csv_file.is_file():
+        columns: dict[str, tuple[list[int], list[float]]] = {}
+        with csv_file.open(newline="") as f:
+            for row in csv.DictReader(f):
+                for tag, value in row.items():
+                    if tag in ("epoch", "step") or value in ("", None):
+                        continue
+                    xs, ys = columns.setdefault(tag, ([], []))
+                    xs.append(int(row["step"]))
+                    ys.append(float(value))
+        return {tag: (np.array(xs), np.array(ys)) for tag, (xs, ys) in columns.items()}
+    raise UserInputError(
+        f"{run_dir} has no training logs (neither tensorboard/events.out.tfevents.* nor csv/metrics.csv); "
+        "give the run directory train.py printed"
+    )
+
+
+def read_fid_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The in-training FID evaluations of a run (``fid.jsonl``), oldest first; [] if none."""
+    path = run_dir / "fid.jsonl"
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            # A run killed mid-write can leave a torn last line; the others still count.
+            if number != len(lines):
+                raise UserInputError(f"{path}, line {number}, is not JSON") from None
+    return records
+
+
+def epoch_grids(run_dir: Path) -> list[tuple[int, Path]]:
+    """The fixed-noise grids ``samples/epoch_NNNN.png`` of a run, by epoch."""
+    pattern = re.compile(r"epoch_(\d+)\.png")
+    grids = [
+        (int(m.group(1)), p) for p in (run_dir / "samples").glob("epoch_*.png") if (m := pattern.fullmatch(p.name))
+    ]
+    return sorted(grids)
+
+
+# --------------------------------------------------------------------------------------------
+# plots
+
+
+def _smooth(x: np.ndarray, y: np.ndarray) -> Series:
+    """A moving average over ~1/50 of the run: the trend under the per-batch noise."""
+    window = max(1, len(y) // 50)
+    if window == 1:
+        return x, y
+    kernel = np.ones(window) / window
+    return x[window - 1 :], np.convolve(y, kernel, mode="valid")
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return path
+
+
+def plot_series(scalars: dict[str, Series], tags: dict[str, str], title: str, ylabel: str, path: Path) -> Path:
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    for tag, label in tags.items():
+        x, y = scalars[tag]
+        (line,) = ax.plot(x, y, linewidth=0.6, alpha=0.3)
+        ax.plot(*_smooth(x, y), color=line.get_color(), linewidth=1.6, label=label)
+    ax.set(title=title, xlabel="batches trained", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_fid(records: list[dict[str, Any]], path: Path) -> Path:
+    epochs = [r["epoch"] for r in records]
+    fids = [r["fid"] for r in records]
+    best = int(np.argmin(fids))
+    ref = records[-1].get("reference", {})
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    ax.plot(epochs, fids, marker="o")
+    ax.annotate(
+        f"best {fids[best]:.2f}", (epochs[best], fids[best]), textcoords="offset points", xytext=(0, 10), ha="center"
+    )
+    last = records[-1]
+    ax.set(
+        title=(
+            f"FID: {last.get('num_samples', 0):,} generated vs {last.get('num_reference', 0):,} "
+            f"{ref.get('dataset', '')} {ref.get('split', '')} images, {ref.get('image_size', '?')}px"
+        ),
+        xlabel="epoch",
+        ylabel="FID (lower is better)",
+    )
+    ax.margins(x=0.08, y=0.12)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def write_report(run_dir: Path, out_dir: Path) -> list[Path]:
+    """PNG plots of a run: G and D losses, D(x) and D(G(z)), FID over the epochs."""
+    scalars = read_scalars(run_dir)
+    written = []
+    missing = [tag for tag in (*LOSS_TAGS, *D_TAGS) if tag not in scalars]
+    if missing:
+        raise UserInputError(f"{run_dir}'s logs have no {', '.join(missing)}; was it trained by this train.py?")
+    written.append(plot_series(scalars, LOSS_TAGS, "Losses", "BCE loss", out_dir / "report-losses.png"))
+    written.append(
+        plot_series(
+            scalars, D_TAGS, "Discriminator outputs (mean probability of 'real')", "D", out_dir / "report-d.png"
+        )
+    )
+    records = read_fid_records(run_dir)
+    if records:
+        written.append(plot_fid(records, out_dir / "report-fid.png"))
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# training progression
+
+
+def _labelled(path: Path, label: str) -> Image.Image:
+    """A grid with ``label`` written in a white band above it."""
+    with Image.open(path) as img:
+        grid = img.convert("RGB")
+    font = ImageFont.load_default(size=12)
+    band = 16
+    frame = Image.new("RGB", (grid.width, grid.height + band), "white")
+    frame.paste(grid, (0, band))
+    ImageDraw.Draw(frame).text((4, 1), label, fill="black", font=font)
+    return frame
+
+
+def write_progress(run_dir: Path, out_dir: Path, frame_ms: int, strip_frames: int) -> list[Path]:
+    """An animated GIF of a run's fixed-noise grids, one frame per saved epoch, and a strip PNG of
+    up to ``strip_frames`` of them, evenly spaced from the first to the last."""
+    grids = epoch_grids(run_dir)
+    if not grids:
+        raise UserInputError(f"{run_dir / 'samples'} holds no epoch_*.png grids; give a run directory of train.py")
+    frames = [_labelled(path, f"epoch {epoch}") for epoch, path in grids]
+    gif = save_gif(frames, out_dir / "progress.gif", frame_ms)
+    picks = sorted({round(i) for i in np.linspace(0, len(frames) - 1, min(strip_frames, len(frames)))})
+    gap = 4
+    strip = Image.new("RGB", (sum(frames[i].width for i in picks) + gap * (len(picks) - 1), frames[0].height), "white")
+    x = 0
+    for i in picks:
+        strip.paste(frames[i], (x, 0))
+        x += frames[i].width + gap
+    return [gif, save_png(strip, out_dir / "progress-strip.png")]

@@ -41,7 +41,4 @@ def logger_writes_now(trainer: L.Trainer) -> bool:
 def epochs_trained(ckpt: dict[str, Any]) -> int:
     """Epochs whose training finished when ``ckpt`` was written. (``ckpt["epoch"]`` lags by one
     in checkpoints written from an epoch-end hook, like ``best.ckpt``.)"""
-    try:
-        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
-    except (KeyError, TypeError):
-        return int(ckpt.get("epoch", 0))
+    return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])

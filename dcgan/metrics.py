@@ -23,7 +23,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 from urllib.error import URLError
 
 import torch
@@ -31,8 +30,8 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from dcgan.data import ImageDataModule, find_images, readable_batches, warn_unreadable
-from dcgan.errors import UserInputError
+from dcgan.datasets import ImageDataModule
+from dcgan.errors import UserInputError, require
 from dcgan.files import atomic_path
 from dcgan.images import to_uint8
 
@@ -128,10 +127,10 @@ class InceptionFeatures(nn.Module):
     callers can check that cached features are not recomputed.
     """
 
-    def __init__(self, weights: str | None, batch_size: int | str = "auto") -> None:
+    def __init__(self, weights: str | None, batch_size: int | str) -> None:
         super().__init__()
-        if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
-            raise UserInputError(f"FID batch_size={batch_size!r} must be auto or an integer >= 1")
+        ok = batch_size == "auto" or (isinstance(batch_size, int) and batch_size >= 1)
+        require(ok, "FID batch_size", batch_size, "must be auto or an integer >= 1")
         if weights is not None:  # eval.weights=~/... reaches us unexpanded (not a shell assignment)
             weights = str(Path(weights).expanduser())
         # Building the network draws random initial weights before loading the real ones; fork
@@ -195,32 +194,8 @@ class ReferenceKey:
         return f"{self.dataset}-{self.split}-{self.image_size}px-{self.channels}ch-n{n}-{digest}.pt"
 
 
-def folder_fingerprint(files: list[Path]) -> str:
-    """Changes when any file of the folder is added, removed, resized or rewritten."""
-    digest = hashlib.sha256()
-    for path in files:
-        stat = path.stat()
-        digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def reference_datamodule(dataset_hparams: dict[str, Any], split: str) -> ImageDataModule:
-    """A copy of the training dataset's module reading ``split`` (folders have one split)."""
-    args = dict(dataset_hparams)
-    if args["name"] != "folder":
-        args["split"] = split
-        # Always held in memory; a checkpoint from before that was checked may say false.
-        args["in_memory"] = "auto"
-    args["on_device"] = False
-    return ImageDataModule(**args)
-
-
 def reference_key(dm: ImageDataModule, num_samples: int | None, feature_network: str) -> ReferenceKey:
-    source = ""
-    split = dm.split
-    if dm.name == "folder":
-        source = folder_fingerprint(find_images(dm.path))  # type: ignore[arg-type]
-        split = "all"
+    split, source = dm.reference_id()
     return ReferenceKey(dm.name, split, dm.image_size, dm.channels, num_samples, feature_network, source=source)
 
 
@@ -235,30 +210,17 @@ def _reference_indices(total: int, num_samples: int | None) -> Tensor:
 
 
 def compute_features(dm: ImageDataModule, indices: Tensor, extractor: InceptionFeatures) -> Tensor:
-    """Features of the dataset images at ``indices``, logging progress (slow on a CPU)."""
-    bad: list[tuple[Path, str]] = []
-    if dm.images is not None:
-        batches: Iterator[Tensor] = (dm.images[chunk] for chunk in indices.split(256))
-    else:  # a streamed folder: its unreadable files are left out, as an in-memory one's are
-        assert dm.dataset is not None
-        files = [dm.dataset.files[i] for i in indices.tolist()]
-
-        def readable() -> Iterator[Tensor]:
-            for images, errors in readable_batches(files, dm.image_size, dm.channels, dm.num_workers, 256):
-                bad.extend(errors)
-                if images:
-                    yield torch.stack(images)
-
-        batches = readable()
+    """Features of the dataset images at ``indices`` (those that can be read), logging progress
+    (slow on a CPU)."""
     feats, done, start, last_log = [], 0, time.perf_counter(), time.perf_counter()
-    for batch in batches:
+    for batch in dm.uint8_batches(indices):
         feats.append(extractor(batch).cpu())
         done += len(batch)
-        if time.perf_counter() - last_log > 30 or done + len(bad) == len(indices):
+        if time.perf_counter() - last_log > 30:
             rate = done / (time.perf_counter() - start)
-            log.info("FID reference features: %d/%d images (%.1f images/s)", done + len(bad), len(indices), rate)
+            log.info("FID reference features: %d/%d images (%.1f images/s)", done, len(indices), rate)
             last_log = time.perf_counter()
-    warn_unreadable(bad, len(indices))
+    log.info("FID reference features: %d images in %.0f s", done, time.perf_counter() - start)
     return torch.cat(feats)
 
 

@@ -1,9 +1,12 @@
-"""The DCGAN LightningModule: generator and discriminator trained with manual optimization."""
+"""The DCGAN LightningModule: generator and discriminator trained with manual optimization, and
+what a NaN or infinite loss does to an update (``NonFiniteGuard``)."""
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -11,11 +14,12 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from dcgan import loop
-from dcgan.errors import UserInputError
+from dcgan.errors import TrainingDiverged, choice, integer, require
 from dcgan.losses import discriminator_loss, generator_loss, instance_noise_std
 from dcgan.networks import Discriminator, Generator
-from dcgan.nonfinite import NONFINITE_ACTIONS, NonFiniteGuard
 from dcgan.speed import Speed
+
+log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 
@@ -39,7 +43,7 @@ class DCGAN(L.LightningModule):
         instance_noise: initial std of Gaussian noise added to D's inputs (real and fake),
             annealed linearly to 0 over ``instance_noise_anneal_steps`` batches (``None``: the run).
         num_fixed_samples: size of the fixed noise batch behind the sample grids.
-        nonfinite_loss: ``stop`` or ``skip`` on a NaN or infinite loss (dcgan/nonfinite.py).
+        nonfinite_loss: ``stop`` or ``skip`` on a NaN or infinite loss (``NonFiniteGuard``).
     """
 
     def __init__(
@@ -99,11 +103,11 @@ class DCGAN(L.LightningModule):
 
     # -- training --------------------------------------------------------------------------
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> None:
-        """One D update on ``batch`` (N, C, S, S) in [-1, 1], then one G update every
-        ``d_steps_per_g`` batches. G runs forward once: D sees ``fake.detach()``, G's update
-        reuses ``fake``."""
-        real = batch.contiguous(memory_format=self.memory_format)
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """One D update on the batch's images (N, C, S, S) in [-1, 1] (its labels (N,) are not
+        used), then one G update every ``d_steps_per_g`` batches. G runs forward once: D sees
+        ``fake.detach()``, G's update reuses ``fake``."""
+        real = batch[0].contiguous(memory_format=self.memory_format)
         g_opt, d_opt = self.optimizers()  # type: ignore[misc]
         step = loop.batch_index(self.trainer)
         update_g = (step + 1) % self.hparams.d_steps_per_g == 0
@@ -192,7 +196,7 @@ class DCGAN(L.LightningModule):
         checkpoint["nonfinite_skipped"] = self.nonfinite.skipped
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.nonfinite.skipped = int(checkpoint.get("nonfinite_skipped", 0))
+        self.nonfinite.skipped = int(checkpoint["nonfinite_skipped"])
 
 
 def _noisy(x: Tensor, std: float) -> Tensor:
@@ -201,24 +205,106 @@ def _noisy(x: Tensor, std: float) -> Tensor:
 
 def _check_settings(args: dict[str, Any]) -> None:
     """Refuse values the networks would not (their own sizes are checked in networks.py)."""
-    problems = {
-        "real_label": (0.0 <= args["real_label"] <= 1.0, "must be in [0, 1]"),
-        "fake_label": (0.0 <= args["fake_label"] <= 1.0, "must be in [0, 1]"),
-        "d_steps_per_g": (
-            isinstance(args["d_steps_per_g"], int) and args["d_steps_per_g"] >= 1,
-            "must be an integer >= 1",
-        ),
-        "instance_noise": (args["instance_noise"] >= 0, "must be >= 0"),
-        "instance_noise_anneal_steps": (
-            args["instance_noise_anneal_steps"] is None or args["instance_noise_anneal_steps"] > 0,
-            "must be > 0 or null (anneal over the whole run)",
-        ),
-        "num_fixed_samples": (args["num_fixed_samples"] >= 1, "must be >= 1"),
-        "nonfinite_loss": (
-            args["nonfinite_loss"] in NONFINITE_ACTIONS,
-            f"is not known; choose one of {', '.join(NONFINITE_ACTIONS)}",
-        ),
-    }
-    for key, (ok, requirement) in problems.items():
-        if not ok:
-            raise UserInputError(f"model.{key}={args[key]!r} {requirement}")
+    for key in ("real_label", "fake_label"):
+        require(0.0 <= args[key] <= 1.0, f"model.{key}", args[key], "must be in [0, 1]")
+    integer(args["d_steps_per_g"], "model.d_steps_per_g")
+    require(args["instance_noise"] >= 0, "model.instance_noise", args["instance_noise"], "must be >= 0")
+    steps = args["instance_noise_anneal_steps"]
+    ok = steps is None or steps > 0
+    require(ok, "model.instance_noise_anneal_steps", steps, "must be > 0 or null (anneal over the whole run)")
+    integer(args["num_fixed_samples"], "model.num_fixed_samples")
+    choice(args["nonfinite_loss"], "model.nonfinite_loss", NONFINITE_ACTIONS)
+
+
+# --------------------------------------------------------------------------------------------
+# non-finite losses
+
+# stop: end the run (TrainingDiverged names the loss and the batch); skip: count and go on.
+NONFINITE_ACTIONS = ("stop", "skip")
+# Deferred losses are read at the latest after this many updates, however rarely the logger
+# writes: each holds a small GPU allocation until then.
+MAX_UNCHECKED_LOSSES = 1000
+
+
+class _Where(NamedTuple):
+    """Which loss of which batch (0-based), for the message about a non-finite one."""
+
+    loss: str
+    epoch: int
+    batch_idx: int
+    run_batch_idx: int
+
+
+class NonFiniteGuard:
+    """Backward and step, unless the loss is NaN or infinite (on any process): then the update
+    is dropped, and ``action`` says whether the run stops (``TrainingDiverged``) or goes on,
+    counting the dropped updates in ``skipped``. Backward runs either way, so DDP's gradient
+    reduction stays in step on every process.
+
+    Reading a loss on the host waits for the GPU to finish the batch so far, twice a batch,
+    which starves small networks. Where the optimizer can drop its own update on the device
+    (fused Adam, AdamW, SGD: the ``found_inf`` input GradScaler uses) and one process trains,
+    the losses are read later instead, by ``check``: the module calls it at logging steps and
+    before checkpoints, so a run stops up to ``trainer.log_every_n_steps`` batches late, with
+    no non-finite update applied.
+    """
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+        self.skipped = 0
+        self._unchecked: list[tuple[Tensor, _Where]] = []
+
+    def update(self, module: L.LightningModule, opt: Any, loss: Tensor, name: str, batch_idx: int) -> None:
+        """``opt`` (Lightning's wrapped optimizer) steps on the gradients of ``loss``, if finite."""
+        trainer = module.trainer
+        where = _Where(name, trainer.current_epoch, batch_idx, loop.batch_index(trainer))
+        opt.zero_grad(set_to_none=True)
+        module.manual_backward(loss)
+        loss = loss.detach()
+        if self._skips_on_device(trainer, opt.optimizer):
+            opt.optimizer.found_inf = torch.isfinite(loss).logical_not().float()
+            try:
+                opt.step()
+            finally:
+                del opt.optimizer.found_inf
+            self._unchecked.append((loss, where))
+            if len(self._unchecked) >= MAX_UNCHECKED_LOSSES:
+                self.check()
+            return
+        finite = bool(torch.isfinite(loss))
+        if trainer.world_size > 1:
+            finite = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            opt.step()
+            return
+        opt.zero_grad(set_to_none=True)
+        value = loss.item()
+        self._dropped(value if not math.isfinite(value) else "not finite on another process", where)
+
+    @staticmethod
+    def _skips_on_device(trainer: L.Trainer, optimizer: Optimizer) -> bool:
+        return (
+            trainer.world_size == 1
+            and getattr(optimizer, "_step_supports_amp_scaling", False)
+            # A GradScaler (16-mixed) sets found_inf itself.
+            and getattr(trainer.precision_plugin, "scaler", None) is None
+        )
+
+    def check(self) -> None:
+        """Read the deferred losses (one transfer) and act on the first non-finite one; their
+        updates were already dropped on the device."""
+        if not self._unchecked:
+            return
+        unchecked, self._unchecked = self._unchecked, []
+        values = torch.stack([loss.float() for loss, _ in unchecked]).tolist()
+        for value, (_, where) in zip(values, unchecked, strict=True):
+            if not math.isfinite(value):
+                self._dropped(value, where)
+
+    def _dropped(self, value: float | str, where: _Where) -> None:
+        at = f"epoch {where.epoch + 1}, batch {where.batch_idx + 1} (batch {where.run_batch_idx + 1} of the run)"
+        if self.action == "stop":
+            raise TrainingDiverged(f"{where.loss} is {value} at {at}")
+        self.skipped += 1
+        if self.skipped == 1:
+            log.warning("%s is %s at %s; skipping such updates (model.nonfinite_loss=skip)", where.loss, value, at)

@@ -13,7 +13,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from dcgan.errors import UserInputError
+from dcgan.errors import UserInputError, choice, integer, require
 
 SUPPORTED_IMAGE_SIZES: tuple[int, ...] = (28, 64, 128)
 GeneratorStem = Literal["conv", "dense"]
@@ -28,18 +28,12 @@ def stage_layout(image_size: int) -> tuple[int, int]:
     if image_size not in SUPPORTED_IMAGE_SIZES:
         raise UserInputError(
             f"model.image_size={image_size} is not supported; "
-            f"supported sizes are {', '.join(map(str, SUPPORTED_IMAGE_SIZES))} "
-            f"(config group model: dcgan28, dcgan64, dcgan128)"
+            f"supported sizes are {', '.join(map(str, SUPPORTED_IMAGE_SIZES))} (set by dataset.image_size)"
         )
     start = 7 if image_size % 7 == 0 else 4
     stages = int(math.log2(image_size // start))
     assert start * 2**stages == image_size
     return start, stages
-
-
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or value <= 0:
-        raise UserInputError(f"model.{name}={value!r} must be a positive integer")
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
@@ -75,9 +69,8 @@ class Generator(nn.Module):
         super().__init__()
         start, stages = stage_layout(image_size)
         for name, value in (("latent_dim", latent_dim), ("g_width", width), ("max_width", max_width)):
-            _check_positive(name, value)
-        if stem not in GENERATOR_STEMS:
-            raise UserInputError(f"model.g_stem={stem!r} is not known; choose one of {', '.join(GENERATOR_STEMS)}")
+            integer(value, f"model.{name}")
+        choice(stem, "model.g_stem", GENERATOR_STEMS)
         self.latent_dim = latent_dim
         self.stem_kind = stem
         # Width at the input of stage i: width * 2**(stages - 1 - i), so the last stage
@@ -135,9 +128,8 @@ class Discriminator(nn.Module):
         super().__init__()
         start, stages = stage_layout(image_size)
         for name, value in (("d_width", width), ("max_width", max_width)):
-            _check_positive(name, value)
-        if not 0.0 <= dropout < 1.0:
-            raise UserInputError(f"model.d_dropout={dropout} must be in [0, 1)")
+            integer(value, f"model.{name}")
+        require(0.0 <= dropout < 1.0, "model.d_dropout", dropout, "must be in [0, 1)")
         widths = [min(width * 2**i, max_width) for i in range(stages)]
         layers: list[nn.Module] = []
         in_ch = channels

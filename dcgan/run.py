@@ -30,6 +30,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -99,7 +100,7 @@ class Checkpoint:
 
     @property
     def progress(self) -> tuple[int, int]:
-        return self.epochs_trained, int(self.data.get("global_step", 0))
+        return self.epochs_trained, int(self.data["global_step"])
 
     def model(self, device: str | torch.device = "cpu") -> DCGAN:
         """The ``DCGAN`` it holds, rebuilt from its hyperparameters alone, in eval mode."""
@@ -218,6 +219,11 @@ def checkpoint_to_train_from(ckpt_path: str | Path) -> Checkpoint:
 # resume=
 
 
+def in_multirun() -> bool:
+    """Whether this run is a job of a Hydra multirun (-m, a sweep)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def resume_run(resume: str | Path) -> Run:
     """The run ``resume=`` names (a run directory, or a checkpoint inside one)."""
     path = Path(resume).expanduser()
@@ -286,7 +292,7 @@ def resumed_run(cfg: DictConfig) -> ResumedRun:
     settings on top, ``ckpt_path`` set to the checkpoint to continue from. Writes nothing."""
     if cfg.get("ckpt_path") is not None:
         raise UserInputError("give resume=<run dir> or ckpt_path=<file>, not both")
-    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+    if in_multirun():
         raise UserInputError("resume= continues one run; it cannot be part of a multirun (-m)")
     run = resume_run(cfg.resume)
     path = Path(cfg.resume).expanduser()
@@ -329,9 +335,7 @@ def _apply_overrides(run: Run) -> list[str]:
             raise UserInputError(f"{override.input_line}: settings cannot be removed on resume")
         if _holds(run.config, key, value):
             continue  # the run has it already: nothing to add to its overrides
-        # Hydra has checked the key against today's conf/; a run saved before the key existed
-        # gets it added.
-        OmegaConf.update(run.config, key, value, force_add=True)
+        OmegaConf.update(run.config, key, value)  # Hydra has checked the key against conf/
         applied.append(override.input_line)
     return applied
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dcgan.errors import UserInputError
+from dcgan.errors import UserInputError, choice, require
 from dcgan.images import to_uint8
 from dcgan.module import DCGAN
 from dcgan.run import Run
@@ -98,10 +98,8 @@ def interpolation_path(points: Tensor, steps: int, method: str, closed: bool = F
     """Latents (P, D) -> (segments, steps, D): ``steps`` latents from each point to the next,
     both ends included (and back from the last to the first if ``closed``). The ends are the
     points themselves, bit for bit."""
-    if method not in INTERPOLATIONS:
-        raise UserInputError(f"interpolate.method={method!r} is not known; choose one of linear, slerp, both")
-    if steps < 2:
-        raise UserInputError(f"interpolate.steps={steps} must be >= 2 (both ends are included)")
+    choice(method, "interpolate.method", tuple(INTERPOLATIONS))
+    require(steps >= 2, "interpolate.steps", steps, "must be >= 2 (both ends are included)")
     ends = torch.cat([points, points[:1]]) if closed else points
     t = torch.linspace(0.0, 1.0, steps)
     rows = []

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dcgan.errors import UserInputError
+from dcgan.errors import UserInputError, choice, require
 
 # torch.compile's modes. reduce-overhead replays CUDA graphs (on a GPU; a CPU ignores it).
 COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -38,22 +38,20 @@ class Speed:
     def __init__(
         self,
         *,
-        channels_last: bool = True,
-        fused_optimizer: bool | str = "auto",
-        compile: bool = False,
-        compile_mode: str = "default",
+        channels_last: bool,
+        fused_optimizer: bool | str,
+        compile: bool,
+        compile_mode: str,
     ) -> None:
         self.channels_last, self.fused_optimizer = channels_last, fused_optimizer
         self.compile, self.compile_mode = compile, compile_mode
         for name in ("channels_last", "compile"):
-            if not isinstance(getattr(self, name), bool):
-                raise UserInputError(f"speed.{name}={getattr(self, name)!r} must be true or false")
-        if not (isinstance(self.fused_optimizer, bool) or self.fused_optimizer == "auto"):
-            raise UserInputError(f"speed.fused_optimizer={self.fused_optimizer!r} must be true, false or auto")
-        if self.compile_mode not in COMPILE_MODES:
-            raise UserInputError(
-                f"speed.compile_mode={self.compile_mode!r} is not known; choose one of {', '.join(COMPILE_MODES)}"
+            require(
+                isinstance(getattr(self, name), bool), f"speed.{name}", getattr(self, name), "must be true or false"
             )
+        auto_or_bool = isinstance(fused_optimizer, bool) or fused_optimizer == "auto"
+        require(auto_or_bool, "speed.fused_optimizer", fused_optimizer, "must be true, false or auto")
+        choice(compile_mode, "speed.compile_mode", COMPILE_MODES)
 
     def __repr__(self) -> str:
         return f"Speed({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"

@@ -21,7 +21,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from dcgan import loop
 from dcgan.callbacks import FIDCallback
-from dcgan.cli import in_multirun
 from dcgan.errors import TrainingDiverged, TrainingInterrupted, UserInputError
 from dcgan.files import atomic_path
 from dcgan.module import DCGAN, OptimizerFactory
@@ -33,6 +32,7 @@ from dcgan.run import (
     SaveResumedSettings,
     check_resumable,
     checkpoint_to_train_from,
+    in_multirun,
     remove_stale_temporaries,
     resumed_run,
 )
@@ -166,7 +166,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ``<run dir>/metrics.json``: status, final and best FID, epochs, batches, wall time, the
     overrides, and ``objective``, the value of ``cfg.optimized_metric`` that sweepers minimize.
     A run that fails writes its record with ``status: failed`` (or ``interrupted``) and the
-    error, then re-raises. ``cfg.resume`` continues that run instead (see dcgan/resume.py); a
+    error, then re-raises. ``cfg.resume`` continues that run instead (see dcgan/run.py); a
     resume that fails before training starts leaves the run's files as they were."""
     resumed: ResumedRun | None = None
     if cfg.get("resume") is not None:

@@ -6,14 +6,28 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from PIL import Image
+
+from dcgan.datasets import ImageDataModule
+from dcgan.train import instantiate_node
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
+
+
+def datamodule(dataset: str, **settings: Any) -> ImageDataModule:
+    """The data module of ``conf/dataset/<dataset>.yaml`` with the shared ``dataset:`` settings of
+    conf/train.yaml, and ``settings`` on top."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        path = ["dataset.path=unset"] if dataset == "folder" else []  # a required setting there
+        cfg = compose("train", overrides=[f"dataset={dataset}", "paths.data_dir=unset", *path])
+    return instantiate_node(cfg.dataset, "dataset", **settings)
 
 
 def write_image_tree(root: Path) -> list[Path]:

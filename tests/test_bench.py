@@ -22,7 +22,12 @@ def bench(*args: str, data_dir: Path, fid_weights: Path | None = None) -> subpro
     env = {"DCGAN_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"}
     env |= {"DCGAN_FID_WEIGHTS": str(fid_weights)} if fid_weights else {}
     return subprocess.run(
-        [sys.executable, "-m", "dcgan.bench", *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=env
+        [sys.executable, str(REPO / "tools" / "bench.py"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
 
 

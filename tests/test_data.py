@@ -9,21 +9,22 @@ import pytest
 import torch
 from PIL import Image
 
-from dcgan.data import (
-    ImageDataModule,
-    ImageFolderDataset,
-    TensorLoader,
-    find_images,
-    load_image,
-    load_mnist_images,
-)
+from dcgan.datasets import FolderData, ImageDataModule, MNISTData
+from dcgan.datasets.folder import ImageFolderDataset, find_images, load_image
+from dcgan.datasets.mnist import load_mnist
+from dcgan.datasets.module import TensorLoader
 from dcgan.errors import UserInputError
 from dcgan.images import resize_uint8, to_unit_range
+from tests.helpers import datamodule
 
 
 def folder_module(path: Path, **kwargs) -> ImageDataModule:  # type: ignore[no-untyped-def]
-    args = {"name": "folder", "path": str(path), "image_size": 28, "channels": 3, "batch_size": 2, "num_workers": 0}
-    return ImageDataModule(**(args | kwargs))
+    settings = {"path": str(path), "image_size": 28, "channels": 3, "batch_size": 2, "num_workers": 0}
+    return datamodule("folder", **(settings | kwargs))
+
+
+def mnist_module(**kwargs) -> ImageDataModule:  # type: ignore[no-untyped-def]
+    return datamodule("mnist", **({"image_size": 28, "batch_size": 8} | kwargs))
 
 
 # -- folders ---------------------------------------------------------------------------------
@@ -53,11 +54,34 @@ def test_folder_in_memory_and_streaming_paths_agree(
     assert stream.images is None and stream.dataset is not None
     assert len(stream) == len(files)
     for i in range(len(files)):
-        assert torch.equal(stream.dataset[i], memory.images[i])
+        image, label = stream.dataset[i]
+        assert torch.equal(image, memory.images[i]) and label == -1  # files at the top level: no classes
 
     batches = list(stream.train_dataloader())
     assert len(batches) == len(files) // 2  # drop_last
-    assert all(b.shape == (2, channels, size, size) and b.dtype == torch.uint8 for b in batches)
+    assert all(b.shape == (2, channels, size, size) and b.dtype == torch.uint8 for b, _ in batches)
+    assert all(labels.tolist() == [-1, -1] for _, labels in batches)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_top_level_subfolders_are_classes(tmp_path: Path, in_memory: bool) -> None:
+    """torchvision's ImageFolder convention: class i is the i-th subfolder by name."""
+    for name, value in (("dog", 200), ("cat", 50)):
+        (tmp_path / name / "more").mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (8, 8), value).save(tmp_path / name / ("more" if i else ".") / f"{i}.png")
+    dm = folder_module(tmp_path, channels=1, in_memory=in_memory, batch_size=6)
+    dm.setup()
+    assert dm.class_names == ["cat", "dog"]
+    [(images, labels)] = list(dm.train_dataloader())
+    # every image is labelled by its top-level folder: cats are dark, dogs are light
+    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert torch.equal(images.flatten(1).float().mean(1) > 128, labels == 1)
+    (tmp_path / "stray.png").write_bytes((tmp_path / "cat" / "0.png").read_bytes())  # an image outside them
+    flat = folder_module(tmp_path, channels=1, in_memory=in_memory, batch_size=7)
+    flat.setup()
+    assert flat.class_names is None
+    assert next(iter(flat.train_dataloader()))[1].tolist() == [-1] * 7
 
 
 def test_auto_in_memory_follows_the_memory_limit(image_tree: tuple[Path, list[Path]]) -> None:
@@ -121,7 +145,7 @@ def test_unreadable_images_are_skipped_with_one_warning(image_tree: tuple[Path, 
     stream.setup()
     with pytest.warns(UserWarning, match=r"skipped an unreadable image: cannot read image .*(broken|empty|truncated)"):
         batches = list(stream.train_dataloader())
-    assert len(batches) == 11 // 2 and all(b.shape == (2, 3, 28, 28) for b in batches)
+    assert len(batches) == 11 // 2 and all(b.shape == (2, 3, 28, 28) for b, _ in batches)
 
 
 def test_folder_errors_name_the_path(tmp_path: Path) -> None:
@@ -149,7 +173,7 @@ def test_batch_larger_than_dataset_says_why(image_tree: tuple[Path, list[Path]])
 def test_streaming_dataset_names_an_unreadable_file(tmp_path: Path) -> None:
     (tmp_path / "bad.png").write_bytes(b"garbage")
     with pytest.raises(UserInputError, match="cannot read image .*bad.png"):
-        ImageFolderDataset([tmp_path / "bad.png"], 28, 1)[0]
+        ImageFolderDataset([tmp_path / "bad.png"], [-1], 28, 1)[0]
 
 
 # -- the in-memory loader ---------------------------------------------------------------------
@@ -158,12 +182,17 @@ def test_streaming_dataset_names_an_unreadable_file(tmp_path: Path) -> None:
 def test_tensor_loader_shuffles_per_epoch_reproducibly() -> None:
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
     epoch = {"n": 0}
-    loader = TensorLoader(images, batch_size=3, seed=7, epoch_fn=lambda: epoch["n"])
+    loader = TensorLoader((images, -images.flatten().long()), batch_size=3, seed=7, epoch_fn=lambda: epoch["n"])
     assert len(loader) == 3  # 10 // 3, last partial batch dropped
-    first = torch.cat(list(loader)).flatten().tolist()
-    again = torch.cat(list(loader)).flatten().tolist()
+
+    def order() -> list[int]:
+        batches = list(loader)
+        assert all(torch.equal(labels, -images.flatten().long()) for images, labels in batches)  # kept together
+        return torch.cat([images for images, _ in batches]).flatten().tolist()
+
+    first, again = order(), order()
     epoch["n"] = 1
-    second = torch.cat(list(loader)).flatten().tolist()
+    second = order()
     assert len(first) == 9 and len(set(first)) == 9  # no repeats within an epoch
     assert first == again  # same epoch, same order (what a resumed run sees)
     assert first != second  # a new order each epoch
@@ -172,7 +201,10 @@ def test_tensor_loader_shuffles_per_epoch_reproducibly() -> None:
 
 def test_tensor_loader_shards_are_disjoint() -> None:
     images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1)
-    shards = [torch.cat(list(TensorLoader(images, 5, seed=1, rank=r, world_size=2))).flatten().tolist() for r in (0, 1)]
+    shards = [
+        torch.cat([b for (b,) in TensorLoader((images,), 5, seed=1, rank=r, world_size=2)]).flatten().tolist()
+        for r in (0, 1)
+    ]
     assert len(shards[0]) == len(shards[1]) == 10
     assert set(shards[0]).isdisjoint(shards[1])
     assert set(shards[0]) | set(shards[1]) == set(range(20))
@@ -180,8 +212,9 @@ def test_tensor_loader_shards_are_disjoint() -> None:
 
 def test_batches_are_scaled_to_unit_range() -> None:
     batch = torch.tensor([0, 255, 128], dtype=torch.uint8).view(3, 1, 1, 1)
-    dm = ImageDataModule(name="mnist", root="x", image_size=28, channels=1, batch_size=1)
-    out = dm.on_after_batch_transfer(batch, 0)
+    labels = torch.tensor([3, 1, 4])
+    out, labels_out = mnist_module(root="x").on_after_batch_transfer((batch, labels), 0)
+    assert labels_out is labels
     assert out.dtype == torch.float32
     assert out.flatten().tolist() == pytest.approx([-1.0, 1.0, 128 / 127.5 - 1], abs=1e-6)
     assert to_unit_range(batch).min() == -1
@@ -192,18 +225,34 @@ def test_batches_are_scaled_to_unit_range() -> None:
 
 @pytest.mark.parametrize(("name", "split", "count"), [("mnist", "train", 60000), ("fashion_mnist", "test", 10000)])
 def test_real_datasets_load_from_read_only_archives(data_dir: Path, name: str, split: str, count: int) -> None:
-    images = load_mnist_images(name, data_dir, split, download=False)  # type: ignore[arg-type]
+    images, labels = load_mnist(name, data_dir, split, download=False)  # type: ignore[arg-type]
     assert images.shape == (count, 1, 28, 28) and images.dtype == torch.uint8
     assert images.float().mean() > 20  # real digits/clothes, not zeros
+    assert labels.shape == (count,) and labels.dtype == torch.long
+    published = {  # images per class
+        "mnist": [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949],
+        "fashion_mnist": [1000] * 10,
+    }
+    assert torch.bincount(labels).tolist() == published[name]
+
+
+def test_mnist_test_labels_match_the_published_order(data_dir: Path) -> None:
+    _, labels = load_mnist("mnist", data_dir, "test", download=False)
+    assert labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
 
 
 def test_mnist_module_resizes_and_expands_channels(data_dir: Path) -> None:
-    dm = ImageDataModule(name="mnist", root=str(data_dir), split="test", image_size=64, channels=3, batch_size=50)
+    dm = mnist_module(root=str(data_dir), split="test", image_size=64, channels=3, batch_size=50)
     dm.setup()
     assert dm.images is not None and dm.images.shape == (10000, 3, 64, 64)
     assert torch.equal(dm.images[:, 0], dm.images[:, 2])
-    batch = next(iter(dm.train_dataloader()))
-    assert batch.shape == (50, 3, 64, 64)
+    assert dm.class_names is not None and len(dm.class_names) == 10
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (50, 3, 64, 64) and labels.shape == (50,)
+    # each label travels with its image
+    assert dm.data is not None
+    match = (dm.images.flatten(1)[None] == images.flatten(1)[:, None]).all(-1)  # (50, 10000)
+    assert torch.equal(dm.data.labels[match.float().argmax(1)], labels)
 
 
 def test_resize_uint8_keeps_range() -> None:
@@ -218,7 +267,7 @@ def test_missing_dataset_offline_says_where_and_how(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    dm = ImageDataModule(name="mnist", root=str(tmp_path), image_size=28, channels=1, batch_size=8)
+    dm = mnist_module(root=str(tmp_path))
     with pytest.raises(UserInputError) as info:
         dm.prepare_data()
     message = str(info.value)
@@ -231,18 +280,17 @@ def test_a_data_root_under_home_is_found(data_dir: Path, tmp_path: Path, monkeyp
     # dataset.root=~/data reaches the code unexpanded: the shell expands ~ in assignments only.
     raw = tmp_path / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    (raw / "t10k-images-idx3-ubyte.gz").symlink_to(data_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz")
+    for kind in ("images-idx3", "labels-idx1"):
+        (raw / f"t10k-{kind}-ubyte.gz").symlink_to(data_dir / "MNIST" / "raw" / f"t10k-{kind}-ubyte.gz")
     monkeypatch.setenv("HOME", str(tmp_path))
-    dm = ImageDataModule(name="mnist", root="~/data", split="test", image_size=28, channels=1, batch_size=8)
+    dm = mnist_module(root="~/data", split="test")
     dm.prepare_data()
     dm.setup()
     assert len(dm) == 10000
 
 
 def test_missing_dataset_with_download_off(tmp_path: Path) -> None:
-    dm = ImageDataModule(
-        name="fashion_mnist", root=str(tmp_path), split="test", image_size=28, channels=1, batch_size=8, download=False
-    )
+    dm = datamodule("fashion_mnist", root=str(tmp_path), split="test", batch_size=8, download=False)
     with pytest.raises(UserInputError, match=r"FashionMNIST/raw/t10k-images-idx3-ubyte.gz .*dataset.download=false"):
         dm.prepare_data()
 
@@ -253,8 +301,9 @@ def test_corrupt_archive_fails_its_checksum(data_dir: Path, tmp_path: Path) -> N
     data = bytearray((data_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz").read_bytes())
     data[1000] ^= 0xFF
     (raw / "t10k-images-idx3-ubyte.gz").write_bytes(bytes(data))
-    with pytest.raises(UserInputError, match="fails its checksum"):
-        load_mnist_images("mnist", tmp_path, "test", download=False)
+    (raw / "t10k-labels-idx1-ubyte.gz").symlink_to(data_dir / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(UserInputError, match="t10k-images-idx3-ubyte.gz fails its checksum"):
+        load_mnist("mnist", tmp_path, "test", download=False)
 
 
 def test_unpacked_archives_are_read_too(data_dir: Path, tmp_path: Path) -> None:
@@ -262,21 +311,24 @@ def test_unpacked_archives_are_read_too(data_dir: Path, tmp_path: Path) -> None:
 
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
-    (raw / "t10k-images-idx3-ubyte").write_bytes(
-        gzip.decompress((data_dir / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz").read_bytes())
-    )
-    assert load_mnist_images("mnist", tmp_path, "test", download=False).shape == (10000, 1, 28, 28)
+    for kind in ("images-idx3", "labels-idx1"):
+        (raw / f"t10k-{kind}-ubyte").write_bytes(
+            gzip.decompress((data_dir / "MNIST" / "raw" / f"t10k-{kind}-ubyte.gz").read_bytes())
+        )
+    images, labels = load_mnist("mnist", tmp_path, "test", download=False)
+    assert images.shape == (10000, 1, 28, 28) and labels.shape == (10000,)
     shutil.rmtree(raw)
 
 
 def test_unknown_dataset_and_bad_settings_are_refused() -> None:
-    with pytest.raises(
-        UserInputError, match="dataset.name='cifar' is not known; choose one of mnist, fashion_mnist, folder"
-    ):
-        ImageDataModule(name="cifar", root="x", image_size=28, channels=1, batch_size=8)
+    with pytest.raises(UserInputError, match="dataset.name='cifar' is not known; choose one of mnist, fashion_mnist"):
+        mnist_module(name="cifar", root="x")
     with pytest.raises(UserInputError, match="dataset.channels=2 must be 1"):
-        ImageDataModule(name="mnist", root="x", image_size=28, channels=2, batch_size=8)
-    with pytest.raises(UserInputError, match="dataset.batch_size=0 must be a positive integer"):
-        ImageDataModule(name="mnist", root="x", image_size=28, channels=1, batch_size=0)
+        mnist_module(root="x", channels=2)
+    with pytest.raises(UserInputError, match="dataset.batch_size=0 must be an integer >= 1"):
+        mnist_module(root="x", batch_size=0)
+    with pytest.raises(UserInputError, match="dataset.split='val' is not known; choose one of train, test"):
+        mnist_module(root="x", split="val")
     with pytest.raises(UserInputError, match="dataset=folder needs dataset.path"):
-        ImageDataModule(name="folder", image_size=28, channels=1, batch_size=8)
+        datamodule("folder", path="")
+    assert isinstance(mnist_module(root="x"), MNISTData) and isinstance(folder_module(Path("x")), FolderData)

@@ -143,7 +143,7 @@ def test_ctrl_c_before_training_begins_saves_nothing(
 ) -> None:
     """Ctrl-C while the data (or the FID reference) loads: there is no training state to save,
     and an interrupted.ckpt already there (a resume's) must not be replaced by fresh weights."""
-    from dcgan.data import ImageDataModule
+    from dcgan.datasets import ImageDataModule
     from dcgan.errors import TrainingInterrupted
     from dcgan.train import train
 
@@ -185,7 +185,7 @@ def test_sigterm_at_an_epoch_end_resumes_with_the_whole_next_epoch(
         train(compose_cfg(*settings, run="stopped"))
     monkeypatch.undo()
     interrupted = tmp_path / "stopped" / "checkpoints" / "interrupted.ckpt"
-    assert torch.load(interrupted, weights_only=True)["ImageDataModule"]["batches"] == 0
+    assert torch.load(interrupted, weights_only=True)["MNISTData"]["batches"] == 0
     train(compose_cfg(*settings, f"ckpt_path={interrupted}", run="resumed"))
     whole, resumed = (weights(tmp_path / run / "checkpoints" / "last.ckpt") for run in ("whole", "resumed"))
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)

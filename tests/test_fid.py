@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,17 +14,23 @@ import torch.multiprocessing as mp
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from dcgan.data import load_mnist_images
+from dcgan.datasets import ImageDataModule, MNISTData
+from dcgan.datasets.mnist import load_mnist
 from dcgan.errors import UserInputError
 from dcgan.images import to_uint8, to_unit_range
 from dcgan.metrics import (
     FIDScorer,
     InceptionFeatures,
-    reference_datamodule,
     reference_features,
     shard,
     weights_identity,
 )
+from tests.helpers import datamodule
+
+
+def reference_datamodule(dataset: str, settings: dict[str, Any], split: str) -> ImageDataModule:
+    """The FID reference of the training data module ``dataset`` with ``settings``."""
+    return datamodule(dataset, **settings).reference(split)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +40,7 @@ def extractor(fid_weights: Path) -> InceptionFeatures:
 
 @pytest.fixture(scope="module")
 def mnist_test(data_dir: Path) -> torch.Tensor:
-    return load_mnist_images("mnist", data_dir, "test", download=False)
+    return load_mnist("mnist", data_dir, "test", download=False)[0]
 
 
 def scored_fid(extractor: InceptionFeatures, real_features: torch.Tensor, fake: torch.Tensor) -> float:
@@ -100,22 +107,24 @@ def test_generated_images_reach_the_metric_as_rounded_uint8() -> None:
 
 
 def test_reference_features_are_computed_once(extractor: InceptionFeatures, data_dir: Path, tmp_path: Path) -> None:
-    hparams = {"name": "mnist", "root": str(data_dir), "image_size": 28, "channels": 1, "batch_size": 8}
-    dm = reference_datamodule(hparams | {"split": "train"}, "test")
-    assert dm.split == "test"
+    hparams = {"root": str(data_dir), "image_size": 28, "channels": 1, "batch_size": 8}
+    dm = reference_datamodule("mnist", hparams | {"split": "train"}, "test")
+    assert isinstance(dm, MNISTData) and dm.split == "test" and dm.on_device is False
     before = extractor.images_processed
     first, key, path = reference_features(dm, 16, extractor, tmp_path)
     assert extractor.images_processed - before == 16
     assert path.parent == tmp_path and path.is_file()
     assert (key.dataset, key.split, key.image_size, key.num_samples) == ("mnist", "test", 28, 16)
     # same key: read from the cache, the feature network is not called again
-    again, key_again, path_again = reference_features(reference_datamodule(hparams, "test"), 16, extractor, tmp_path)
+    again, key_again, path_again = reference_features(
+        reference_datamodule("mnist", hparams, "test"), 16, extractor, tmp_path
+    )
     assert extractor.images_processed - before == 16
     assert torch.equal(first, again) and key_again == key and path_again == path
     # anything that changes the features changes the key: here the image size and the count
-    other_size = reference_datamodule(hparams | {"image_size": 64}, "test")
+    other_size = reference_datamodule("mnist", hparams | {"image_size": 64}, "test")
     _, key64, path64 = reference_features(other_size, 16, extractor, tmp_path)
-    _, _, path8 = reference_features(reference_datamodule(hparams, "test"), 8, extractor, tmp_path)
+    _, _, path8 = reference_features(reference_datamodule("mnist", hparams, "test"), 8, extractor, tmp_path)
     assert extractor.images_processed - before == 16 + 16 + 8
     assert len({path, path64, path8}) == 3 and key64.image_size == 64
 
@@ -124,21 +133,25 @@ def test_folder_reference_follows_its_files(extractor: InceptionFeatures, tmp_pa
     from tests.helpers import write_image_tree
 
     files = write_image_tree(tmp_path / "imgs")
-    hparams = {"name": "folder", "path": str(tmp_path / "imgs"), "image_size": 28, "channels": 3, "batch_size": 2}
-    feats, key, path = reference_features(reference_datamodule(hparams, "test"), None, extractor, tmp_path / "c")
+    hparams = {"path": str(tmp_path / "imgs"), "image_size": 28, "channels": 3, "batch_size": 2}
+    feats, key, path = reference_features(
+        reference_datamodule("folder", hparams, "test"), None, extractor, tmp_path / "c"
+    )
     assert feats.shape == (len(files), 2048) and key.split == "all" and key.source
     # reference_samples is an upper bound: a folder of 8 images gives 8
-    at_most, _, _ = reference_features(reference_datamodule(hparams, "test"), 100, extractor, tmp_path / "c")
+    at_most, _, _ = reference_features(reference_datamodule("folder", hparams, "test"), 100, extractor, tmp_path / "c")
     assert torch.equal(at_most, feats)
     with pytest.raises(UserInputError, match=r"reference_samples=1 must be null \(all images\) or at least 2"):
-        reference_features(reference_datamodule(hparams, "test"), 1, extractor, tmp_path / "c")
+        reference_features(reference_datamodule("folder", hparams, "test"), 1, extractor, tmp_path / "c")
     files[0].write_bytes(files[1].read_bytes())  # a file changes: a new key, computed again
-    _, key2, path2 = reference_features(reference_datamodule(hparams, "test"), None, extractor, tmp_path / "c")
+    _, key2, path2 = reference_features(
+        reference_datamodule("folder", hparams, "test"), None, extractor, tmp_path / "c"
+    )
     assert key2.source != key.source and path2 != path
     # A streamed folder leaves out an unreadable file, as an in-memory one does.
     files[2].write_bytes(b"not an image")
     for in_memory in (True, False):
-        dm = reference_datamodule(hparams | {"in_memory": in_memory, "num_workers": 0}, "test")
+        dm = reference_datamodule("folder", hparams | {"in_memory": in_memory, "num_workers": 0}, "test")
         with pytest.warns(UserWarning, match=f"skipped 1 of {len(files)} files .*{files[2].name}"):
             features, _, _ = reference_features(dm, None, extractor, tmp_path / f"c{in_memory}")
         assert features.shape == (len(files) - 1, 2048)
@@ -150,7 +163,7 @@ def test_folder_reference_follows_its_files(extractor: InceptionFeatures, tmp_pa
 def test_weights_under_home_are_found(fid_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "w.pth").symlink_to(fid_weights)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert InceptionFeatures("~/w.pth").identity == weights_identity(str(fid_weights))
+    assert InceptionFeatures("~/w.pth", "auto").identity == weights_identity(str(fid_weights))
 
 
 def test_a_missing_reference_split_is_downloaded_or_the_error_says_why(
@@ -165,14 +178,14 @@ def test_a_missing_reference_split_is_downloaded_or_the_error_says_why(
 
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    hparams = {"name": "mnist", "root": str(tmp_path), "image_size": 28, "channels": 1, "batch_size": 8}
+    hparams = {"root": str(tmp_path), "image_size": 28, "channels": 1, "batch_size": 8}
     with pytest.raises(UserInputError, match=r"mnist test images not found: .* and the download failed"):
-        reference_features(reference_datamodule(hparams, "test"), None, extractor, tmp_path / "cache")
+        reference_features(reference_datamodule("mnist", hparams, "test"), None, extractor, tmp_path / "cache")
 
 
 def test_missing_weights_file(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match=r"FID weights file .*nope.pth does not exist; set eval.weights"):
-        InceptionFeatures(str(tmp_path / "nope.pth"))
+        InceptionFeatures(str(tmp_path / "nope.pth"), "auto")
 
 
 def test_corrupt_weights_file(tmp_path: Path, fid_weights: Path) -> None:
@@ -180,14 +193,14 @@ def test_corrupt_weights_file(tmp_path: Path, fid_weights: Path) -> None:
     with pytest.raises(
         UserInputError, match=r"junk.pth is corrupt or not the FID Inception network.*DCGAN_FID_WEIGHTS"
     ):
-        InceptionFeatures(str(tmp_path / "junk.pth"))
+        InceptionFeatures(str(tmp_path / "junk.pth"), "auto")
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(fid_weights.read_bytes()[:10_000_000])
     with pytest.raises(UserInputError, match="truncated.pth is corrupt"):
-        InceptionFeatures(str(truncated))
+        InceptionFeatures(str(truncated), "auto")
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(UserInputError, match="not a state dict of the FID Inception network"):
-        InceptionFeatures(str(tmp_path / "other.pth"))
+        InceptionFeatures(str(tmp_path / "other.pth"), "auto")
 
 
 def test_no_weights_offline_says_what_to_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,7 +211,7 @@ def test_no_weights_offline_says_what_to_set(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
     with pytest.raises(UserInputError) as info:
-        InceptionFeatures(None)
+        InceptionFeatures(None, "auto")
     message = str(info.value)
     assert "could not be downloaded" in message
     assert "DCGAN_FID_WEIGHTS" in message and "eval.weights" in message and "eval.fid=false" in message

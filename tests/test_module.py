@@ -7,7 +7,7 @@ import lightning as L
 import pytest
 import torch
 
-from dcgan.data import TensorLoader
+from dcgan.datasets.module import TensorLoader
 from dcgan.errors import UserInputError
 from dcgan.module import DCGAN
 
@@ -37,6 +37,7 @@ def tiny_model(**overrides) -> DCGAN:  # type: ignore[no-untyped-def]
 
 def fit(model: DCGAN, batches: int, tmp_path: Path | None = None, **trainer_kwargs) -> L.Trainer:  # type: ignore[no-untyped-def]
     images = torch.rand(batches * 4, 1, 28, 28) * 2 - 1
+    labels = torch.zeros(batches * 4, dtype=torch.long)
     trainer = L.Trainer(
         max_epochs=1,
         accelerator="cpu",
@@ -47,7 +48,7 @@ def fit(model: DCGAN, batches: int, tmp_path: Path | None = None, **trainer_kwar
         enable_model_summary=False,
         **trainer_kwargs,
     )
-    trainer.fit(model, train_dataloaders=TensorLoader(images, batch_size=4, seed=0))
+    trainer.fit(model, train_dataloaders=TensorLoader((images, labels), batch_size=4, seed=0))
     return trainer
 
 

@@ -78,7 +78,7 @@ def test_unsupported_image_size_is_refused_with_the_supported_list(image_size: i
 
 
 def test_bad_widths_and_stem_are_refused() -> None:
-    with pytest.raises(UserInputError, match="model.latent_dim=0 must be a positive integer"):
+    with pytest.raises(UserInputError, match="model.latent_dim=0 must be an integer >= 1"):
         Generator(28, 1, latent_dim=0, width=4, max_width=16)
     with pytest.raises(UserInputError, match="model.g_stem='mlp' is not known; choose one of conv, dense"):
         Generator(28, 1, latent_dim=8, width=4, max_width=16, stem="mlp")  # type: ignore[arg-type]

@@ -56,7 +56,7 @@ def test_fused_optimizer(compose_cfg: Callable[..., DictConfig], setting: str, f
 def test_fused_auto_means_on_a_gpu_and_needs_an_optimizer_that_has_it(
     compose_cfg: Callable[..., DictConfig],
 ) -> None:
-    auto = Speed(fused_optimizer="auto")
+    auto = Speed(channels_last=True, fused_optimizer="auto", compile=False, compile_mode="default")
     assert auto.fused_on(torch.device("cuda")) and not auto.fused_on(torch.device("cpu"))
     adamax = ("optimizer.generator._target_=torch.optim.Adamax",)
     with pytest.raises(UserInputError, match=r"optimizer.generator \(Adamax\) has no fused kernel"):

@@ -13,9 +13,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan.errors import UserInputError
-from dcgan.sweep import main as summary_main
-from dcgan.sweep import summarize
 from tests.helpers import CONF, check, run_script
+from tools.sweep import main as summary_main
+from tools.sweep import summarize
 
 
 @pytest.mark.slow
@@ -94,8 +94,13 @@ def test_summary_of_jobs_without_results(tmp_path: Path, capsys: pytest.CaptureF
 def test_summary_of_a_folder_that_is_not_a_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(UserInputError, match="holds no job folders"):
         summarize(tmp_path)
-    assert summary_main([str(tmp_path / "nope")]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        summary_main([str(tmp_path / "nope")])
+    assert exit_.value.code == 2
     assert "error: sweep folder" in capsys.readouterr().err
+    # the command as the docs give it
+    result = run_script("tools/sweep.py", str(tmp_path / "nope"))
+    assert result.returncode == 2 and result.stderr == f"error: sweep folder {tmp_path / 'nope'} does not exist\n"
 
 
 def test_ready_sweep_experiment_composes(compose_cfg: Callable[..., DictConfig]) -> None:

@@ -1,6 +1,6 @@
 """Summarize a Hydra multirun: one row per job, sorted by FID, failed jobs included.
 
-    python -m dcgan.sweep multirun/<experiment>/<date>_<time>
+    python tools/sweep.py multirun/<experiment>/<date>_<time>
 
 Prints a table and writes ``summary.csv`` and ``summary.md`` into the sweep folder.
 """
@@ -18,6 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from dcgan.cli import exit_with
 from dcgan.errors import UserInputError
 from dcgan.files import atomic_path
 
@@ -106,14 +107,13 @@ def write_summary(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], list[Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dcgan.sweep", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python tools/sweep.py", description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dir", help="a multirun folder, e.g. multirun/mnist28/2026-11-24_10-00-00")
     args = parser.parse_args(argv)
     try:
         rows, written = write_summary(args.sweep_dir)
     except UserInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        exit_with(e)
     print(markdown(rows), end="")
     failed = sum(row["status"] != "completed" for row in rows)
     print(f"\n{len(rows)} jobs, {failed} failed or unfinished. Wrote {', '.join(str(p) for p in written)}")

@@ -1,4 +1,4 @@
-"""``python -m dcgan.bench``: what the framework costs and how fast its parts run.
+"""``python tools/bench.py``: what the framework costs and how fast its parts run.
 
 For each model size (28, 64, 128; widths and batch size from the shipped experiments
 mnist28, fashion64, fashion128), in one process per size:
@@ -45,7 +45,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from dcgan.callbacks import FIDCallback
-from dcgan.data import ImageDataModule
+from dcgan.cli import exit_with
+from dcgan.datasets import ImageDataModule
 from dcgan.errors import ReportedError, UserInputError
 from dcgan.images import to_unit_range
 from dcgan.losses import discriminator_loss, generator_loss
@@ -58,7 +59,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = {28: "mnist28", 64: "fashion64", 128: "fashion128"}
 
 # --baseline: how the networks run without any speed switch.
-BASELINE = Speed(channels_last=False, fused_optimizer=False, compile=False)
+BASELINE = Speed(channels_last=False, fused_optimizer=False, compile=False, compile_mode="default")
 
 # (warmup, timed batches, rounds) for --quick and for a full run.
 QUICK = (2, 5, 2)
@@ -150,7 +151,7 @@ class _BatchClock(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, out: Any, batch: Any, idx: int
     ) -> None:
         if idx >= self.warmup:
-            self.images += len(batch)
+            self.images += len(batch[0])  # (images, labels)
             synchronize(self.device)
             self.end = time.perf_counter()
 
@@ -245,9 +246,9 @@ def data_rate(datamodule: ImageDataModule, device: torch.device, batches: int) -
     """Images/s of the training DataLoader, moved to ``device`` and scaled to [-1, 1]."""
     loader = datamodule.train_dataloader()
     count, start = 0, time.perf_counter()
-    for i, batch in enumerate(loader):
-        batch = datamodule.on_after_batch_transfer(batch.to(device, non_blocking=True), 0)
-        count += len(batch)
+    for i, (images, labels) in enumerate(loader):
+        moved = (images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+        count += len(datamodule.on_after_batch_transfer(moved, 0)[0])
         if i + 1 == batches:
             break
     synchronize(device)
@@ -366,7 +367,7 @@ def bench_size(size: int, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m dcgan.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python tools/bench.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help=f"warmup, batches, rounds = {QUICK} (default {FULL})")
     p.add_argument("--sizes", type=int, nargs="+", default=[28, 64, 128], choices=sorted(EXPERIMENTS))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
@@ -406,8 +407,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             records = bench_size(args.sizes[0], args)
         except ReportedError as e:
-            print(f"{e.label}: {e}", file=sys.stderr)
-            raise SystemExit(e.exit_code) from None
+            exit_with(e)
         args.child.write_text("".join(json.dumps(r) + "\n" for r in records))
         return
     records = []
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "records.jsonl"
             result = subprocess.run(
-                [sys.executable, "-m", "dcgan.bench", *child_args(args, size, out)],
+                [sys.executable, __file__, *child_args(args, size, out)],
                 capture_output=True,
                 text=True,
                 env=os.environ,
