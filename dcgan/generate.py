@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 
-from dcgan.errors import UserInputError, choice, integer, positive_number
+from dcgan.errors import UserInputError, choice, integer, positive_number, require
 from dcgan.files import NpzWriter, atomic_dir, atomic_path, save_gif, save_png
 from dcgan.images import grid, to_pil
 from dcgan.metrics import FIDScorer, InceptionFeatures, reference_features
@@ -52,12 +52,18 @@ MODES: tuple[str, ...] = ("grid", "samples", "interpolate", "explore", "progress
 GIF_TARGET_PX = 128
 
 
+def _flag(value: object, key: str) -> bool:
+    require(isinstance(value, bool), key, value, "must be true or false")
+    return bool(value)
+
+
 class Generation:
     """A loaded generator with the settings every image mode shares; writes into ``out_dir``."""
 
     def __init__(self, cfg: DictConfig, checkpoint: Checkpoint, out_dir: Path) -> None:
         self.seed = integer(cfg.seed, "seed", 0)
         self.batch_size = integer(cfg.batch_size, "batch_size", 1)
+        self.ema = _flag(cfg.ema, "ema")
         self.model: DCGAN = checkpoint.model(resolve_device(str(cfg.device)))
         self.latent_dim: int = self.model.hparams.latent_dim
         self.image_size: int = self.model.hparams.image_size
@@ -67,7 +73,7 @@ class Generation:
 
     def images(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (N, D) -> uint8 images (N, C, S, S) on the CPU."""
-        return generate_uint8(self.model, z, self.batch_size)
+        return generate_uint8(self.model, z, self.batch_size, self.ema)
 
     def write_grid(self, z: torch.Tensor, nrow: int, name: str) -> Path:
         return save_png(grid(self.images(z), nrow), self.out_dir / name)
@@ -190,11 +196,15 @@ def score(cfg: DictConfig, run: Run, checkpoint: Checkpoint) -> Path:
     features, key, _ = reference_features(reference, settings.reference_samples, extractor, settings.cache_dir)
     start = time.perf_counter()
     scorer = FIDScorer(extractor, features, len(features), num_samples, kid=settings.kid)
-    result = scorer.score(model.generate, latents(num_samples, model.hparams.latent_dim, settings.seed))
+    ema = _flag(cfg.ema, "ema")
+    result = scorer.score(
+        lambda z: model.generate(z, ema=ema), latents(num_samples, model.hparams.latent_dim, settings.seed)
+    )
     out = Path(settings.out or run.directory / "eval" / f"fid-{checkpoint.path.stem}-n{num_samples}-{key.split}.json")
     record = {
         "checkpoint": str(checkpoint.path.resolve()),
         "epochs_trained": checkpoint.epochs_trained,
+        "generator": "ema" if ema and model.generator_ema is not None else "raw",
         **result,
         "num_samples": num_samples,
         "num_reference": len(features),
@@ -385,7 +395,7 @@ def write_report(run_dir: Path, out_dir: Path) -> list[Path]:
     missing = [tag for tag in (*LOSS_TAGS, *D_TAGS) if tag not in scalars]
     if missing:
         raise UserInputError(f"{run_dir}'s logs have no {', '.join(missing)}; was it trained by this train.py?")
-    written.append(plot_series(scalars, LOSS_TAGS, "Losses", "BCE loss", out_dir / "report-losses.png"))
+    written.append(plot_series(scalars, LOSS_TAGS, "Losses", "loss", out_dir / "report-losses.png"))
     written.append(
         plot_series(
             scalars, D_TAGS, "Discriminator outputs (mean probability of 'real')", "D", out_dir / "report-d.png"

@@ -1,8 +1,9 @@
-"""The DCGAN LightningModule: generator and discriminator trained with manual optimization, and
-what a NaN or infinite loss does to an update (``NonFiniteGuard``)."""
+"""The DCGAN LightningModule: generator and discriminator trained with manual optimization; what
+a NaN or infinite loss does to an update (``NonFiniteGuard``); the average of G's weights (``EMA``)."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -14,10 +15,17 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from dcgan import loop
-from dcgan.errors import TrainingDiverged, choice, integer, require
-from dcgan.losses import discriminator_loss, generator_loss, instance_noise_std
+from dcgan.errors import TrainingDiverged, UserInputError, choice, integer, require
+from dcgan.losses import (
+    LABELLED_LOSSES,
+    LOSSES,
+    discriminator_loss,
+    generator_loss,
+    gradient_penalty,
+    instance_noise_std,
+)
 from dcgan.networks import Discriminator, Generator
-from dcgan.speed import Speed
+from dcgan.speed import PLAIN, Speed
 
 log = logging.getLogger(__name__)
 
@@ -25,25 +33,26 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 
 
 class DCGAN(L.LightningModule):
-    """A DCGAN: ``Generator`` and ``Discriminator`` sized from ``image_size``, trained with the
-    non-saturating loss, one D update per batch and one G update every ``d_steps_per_g`` batches.
+    """A DCGAN: ``Generator`` and ``Discriminator`` sized from ``image_size``, trained with one of
+    the losses of dcgan/losses.py, one D update per batch and one G update every
+    ``d_steps_per_g`` batches.
 
-    The constructor takes plain values only (saved as hyperparameters), so
-    ``DCGAN.load_from_checkpoint(path)`` rebuilds the networks from the checkpoint alone. The
-    optimizer factories (e.g. ``functools.partial(torch.optim.Adam, lr=2e-4)``) are needed for
-    training only and are not saved, nor is ``speed`` (how the networks run on this machine:
-    layout, fused optimizers, torch.compile; ``None`` runs them as plain torch).
+    Plain values only (saved as hyperparameters): ``DCGAN.load_from_checkpoint(path)`` rebuilds
+    the networks from the checkpoint alone. Not saved: the optimizer factories (e.g.
+    ``partial(torch.optim.Adam, lr=2e-4)``, for training) and ``speed`` (dcgan/speed.py; None: plain torch).
 
     Args (their meaning and defaults: ``model:`` in conf/train.yaml):
         image_size, channels: the images, (channels, image_size, image_size).
         latent_dim: size of the noise vector z ~ N(0, I).
-        g_width, d_width, max_width, g_stem, d_dropout: the networks (dcgan/networks.py).
+        g_width, d_width, max_width, g_stem, d_dropout, d_norm: the networks (dcgan/networks.py).
+        loss, gp_weight: the loss (dcgan/losses.py), the weight of a gradient penalty (0: none).
         d_steps_per_g: D updates per G update; each D update consumes one batch.
-        real_label, fake_label: D's targets; 0.9 / 0.0 is one-sided label smoothing.
+        real_label, fake_label: D's targets (ns, ls); 0.9 / 0.0 is one-sided label smoothing.
         instance_noise: initial std of Gaussian noise added to D's inputs (real and fake),
             annealed linearly to 0 over ``instance_noise_anneal_steps`` batches (``None``: the run).
         num_fixed_samples: size of the fixed noise batch behind the sample grids.
         nonfinite_loss: ``stop`` or ``skip`` on a NaN or infinite loss (``NonFiniteGuard``).
+        ema_decay, ema_start: an average of G's weights (``EMA``; decay 0: none) from batch ``ema_start``.
     """
 
     def __init__(
@@ -57,6 +66,9 @@ class DCGAN(L.LightningModule):
         max_width: int,
         g_stem: str,
         d_dropout: float,
+        d_norm: str,
+        loss: str,
+        gp_weight: float,
         d_steps_per_g: int,
         real_label: float,
         fake_label: float,
@@ -64,21 +76,24 @@ class DCGAN(L.LightningModule):
         instance_noise_anneal_steps: int | None,
         num_fixed_samples: int,
         nonfinite_loss: str,
+        ema_decay: float,
+        ema_start: int,
         g_optimizer: OptimizerFactory | None = None,
         d_optimizer: OptimizerFactory | None = None,
         speed: Speed | None = None,
     ) -> None:
         super().__init__()
         _check_settings(locals())
-        self.speed = speed
+        self.speed = speed or PLAIN
         for key, factory in (("generator", g_optimizer), ("discriminator", d_optimizer)):
-            if speed is not None and factory is not None:
-                speed.check_optimizer(factory, key)
+            if factory is not None:
+                self.speed.check_optimizer(factory, key)
         self.save_hyperparameters(ignore=["g_optimizer", "d_optimizer", "speed"], logger=False)
         self.automatic_optimization = False
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
         self.generator = Generator(image_size, channels, latent_dim, g_width, max_width, g_stem)  # type: ignore[arg-type]
-        self.discriminator = Discriminator(image_size, channels, d_width, max_width, d_dropout)
+        self.discriminator = Discriminator(image_size, channels, d_width, max_width, d_dropout, d_norm)
+        self.generator_ema = EMA(self.generator, ema_decay, ema_start) if ema_decay > 0 else None
         # A buffer, not an attribute: it follows the module to the GPU and lives in the
         # checkpoint, so grids stay comparable across epochs and across a resume.
         self.register_buffer("fixed_noise", torch.randn(num_fixed_samples, latent_dim))
@@ -87,16 +102,17 @@ class DCGAN(L.LightningModule):
 
     # -- sampling --------------------------------------------------------------------------
 
-    def generate(self, z: Tensor, batch_size: int = 512) -> Tensor:
-        """Latents (N, latent_dim) -> images (N, C, S, S) in [-1, 1], with G in eval mode
-        (BatchNorm running statistics), in batches; restores G's previous mode."""
-        was_training = self.generator.training
-        self.generator.eval()
+    def generate(self, z: Tensor, batch_size: int = 512, ema: bool = True) -> Tensor:
+        """Latents (N, latent_dim) -> images (N, C, S, S) in [-1, 1], in batches, by the EMA of G's
+        weights if there is one and ``ema``, else by G; in eval mode (BatchNorm running statistics)."""
+        net = self.generator_ema.net if ema and self.generator_ema is not None else self.generator
+        was_training = net.training
+        net.eval()
         try:
             with torch.inference_mode():
-                return torch.cat([self.generator(chunk.to(self.device)) for chunk in z.split(batch_size)])
+                return torch.cat([net(chunk.to(self.device)) for chunk in z.split(batch_size)])
         finally:
-            self.generator.train(was_training)
+            net.train(was_training)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.generate(z)
@@ -107,33 +123,37 @@ class DCGAN(L.LightningModule):
         """One D update on the batch's images (N, C, S, S) in [-1, 1] (its labels (N,) are not
         used), then one G update every ``d_steps_per_g`` batches. G runs forward once: D sees
         ``fake.detach()``, G's update reuses ``fake``."""
-        real = batch[0].contiguous(memory_format=self.memory_format)
+        hp = self.hparams
+        real = batch[0].contiguous(memory_format=self.speed.memory_format)
         g_opt, d_opt = self.optimizers()  # type: ignore[misc]
         step = loop.batch_index(self.trainer)
-        update_g = (step + 1) % self.hparams.d_steps_per_g == 0
+        update_g = (step + 1) % hp.d_steps_per_g == 0
         noise_std = self.current_instance_noise(step)
 
-        z = torch.randn(real.shape[0], self.hparams.latent_dim, device=real.device)
+        z = torch.randn(real.shape[0], hp.latent_dim, device=real.device)
         with torch.set_grad_enabled(update_g):
             fake = self.generator(z)
 
         self.toggle_optimizer(d_opt)
-        real_logits = self.discriminator(_noisy(real, noise_std))
-        fake_logits = self.discriminator(_noisy(fake.detach(), noise_std))
-        d_loss = discriminator_loss(real_logits, fake_logits, self.hparams.real_label, self.hparams.fake_label)
+        real_in, fake_in = _noisy(real, noise_std), _noisy(fake.detach(), noise_std)
+        real_logits, fake_logits = self.discriminator(real_in), self.discriminator(fake_in)
+        d_loss = discriminator_loss(hp.loss, real_logits, fake_logits, hp.real_label, hp.fake_label)
+        if hp.gp_weight > 0:
+            d_loss = d_loss + hp.gp_weight * gradient_penalty(self.discriminator, real_in, fake_in)
         self.nonfinite.update(self, d_opt, d_loss, "d_loss", batch_idx)
         self.untoggle_optimizer(d_opt)
 
         if update_g:
             self.toggle_optimizer(g_opt)
-            g_loss = generator_loss(self.discriminator(_noisy(fake, noise_std)))
+            g_loss = generator_loss(hp.loss, self.discriminator(_noisy(fake, noise_std)))
             self.nonfinite.update(self, g_opt, g_loss, "g_loss", batch_idx)
             self.untoggle_optimizer(g_opt)
             self._last_g_loss = g_loss.detach()
+            if self.generator_ema is not None:
+                self.generator_ema.update(self.generator, step)
 
-        # Logging every batch costs Lightning's bookkeeping per self.log (~10% of a step at small
-        # widths on a CPU) and a GPU sync: log when the logger writes, and at an epoch's last
-        # batch, so metrics.json and checkpoints see the epoch's final losses.
+        # Logging costs Lightning's bookkeeping (~10% of a small step on a CPU) and a GPU sync: log when
+        # the logger writes, and at an epoch's last batch (metrics.json, checkpoints see its losses).
         if loop.logger_writes_now(self.trainer) or batch_idx + 1 == self.trainer.num_training_batches:
             self.nonfinite.check()  # before the values are logged, and before an epoch's checkpoints
             self._log_step(d_loss, real_logits, fake_logits, noise_std)
@@ -171,14 +191,9 @@ class DCGAN(L.LightningModule):
 
     # -- setup and checkpoints -------------------------------------------------------------
 
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return self.speed.memory_format if self.speed is not None else torch.contiguous_format
-
     def configure_model(self) -> None:
         # Before the Trainer moves the model to its device (which keeps the layout).
-        if self.speed is not None:
-            self.speed.apply(self.generator, self.discriminator)
+        self.speed.apply(self.generator, self.discriminator)
 
     def configure_optimizers(self) -> list[Optimizer]:
         if self.g_optimizer is None or self.d_optimizer is None:
@@ -186,10 +201,8 @@ class DCGAN(L.LightningModule):
                 "DCGAN was built without optimizer factories (as load_from_checkpoint does); "
                 "pass g_optimizer and d_optimizer to train it"
             )
-        factories = [self.g_optimizer, self.d_optimizer]
-        if self.speed is not None:
-            factories = [self.speed.optimizer_factory(f, self.device) for f in factories]
-        return [factories[0](self.generator.parameters()), factories[1](self.discriminator.parameters())]
+        g_opt, d_opt = (self.speed.optimizer_factory(f, self.device) for f in (self.g_optimizer, self.d_optimizer))
+        return [g_opt(self.generator.parameters()), d_opt(self.discriminator.parameters())]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.nonfinite.check()  # a count that includes every batch saved
@@ -205,14 +218,31 @@ def _noisy(x: Tensor, std: float) -> Tensor:
 
 def _check_settings(args: dict[str, Any]) -> None:
     """Refuse values the networks would not (their own sizes are checked in networks.py)."""
+    loss = choice(args["loss"], "model.loss", LOSSES)
     for key in ("real_label", "fake_label"):
         require(0.0 <= args[key] <= 1.0, f"model.{key}", args[key], "must be in [0, 1]")
+    if (args["real_label"], args["fake_label"]) != (1.0, 0.0) and loss not in LABELLED_LOSSES:
+        raise UserInputError(
+            f"model.real_label={args['real_label']} / model.fake_label={args['fake_label']}: label smoothing "
+            f"applies to the {' and '.join(LABELLED_LOSSES)} losses, and {loss} has no labels; "
+            "leave them at 1.0 / 0.0, or use loss=ns or loss=ls"
+        )
+    gp_weight = args["gp_weight"]
+    require(gp_weight >= 0, "model.gp_weight", gp_weight, "must be >= 0")
+    require(loss != "wgan_gp" or gp_weight > 0, "model.gp_weight", gp_weight, "must be > 0 with loss=wgan_gp")
+    if gp_weight > 0 and args["d_norm"] == "batch":
+        raise UserInputError(
+            f"model.gp_weight={gp_weight} needs model.d_norm=none or spectral: the gradient penalty is "
+            "taken per image, and BatchNorm in D mixes the images of a batch"
+        )
     integer(args["d_steps_per_g"], "model.d_steps_per_g")
     require(args["instance_noise"] >= 0, "model.instance_noise", args["instance_noise"], "must be >= 0")
     steps = args["instance_noise_anneal_steps"]
     ok = steps is None or steps > 0
     require(ok, "model.instance_noise_anneal_steps", steps, "must be > 0 or null (anneal over the whole run)")
     integer(args["num_fixed_samples"], "model.num_fixed_samples")
+    require(0.0 <= args["ema_decay"] < 1.0, "model.ema_decay", args["ema_decay"], "must be in [0, 1) (0: no EMA)")
+    integer(args["ema_start"], "model.ema_start", 0)
     choice(args["nonfinite_loss"], "model.nonfinite_loss", NONFINITE_ACTIONS)
 
 
@@ -308,3 +338,32 @@ class NonFiniteGuard:
         self.skipped += 1
         if self.skipped == 1:
             log.warning("%s is %s at %s; skipping such updates (model.nonfinite_loss=skip)", where.loss, value, at)
+
+
+# --------------------------------------------------------------------------------------------
+# an exponential moving average of G's weights
+
+
+class EMA(nn.Module):
+    """An exponential moving average of a network's weights (``net``, a copy, never trained):
+    after each update of the network at batch ``step``, ``ema = decay * ema + (1 - decay) *
+    weights``; before ``start`` it copies the weights instead (the early weights are noise).
+    Averaged weights draw better images than the last ones (Yazıcı et al. 2019; Karras et al.).
+
+    Buffers (BatchNorm's running statistics) are copied, not averaged, as StyleGAN2-ADA does:
+    they are averages over batches already, and those of the averaged weights would need
+    extra forward passes to measure.
+    """
+
+    def __init__(self, net: nn.Module, decay: float, start: int) -> None:
+        super().__init__()
+        self.net = copy.deepcopy(net).requires_grad_(False)
+        self.decay, self.start = decay, start
+
+    @torch.no_grad()
+    def update(self, net: nn.Module, step: int) -> None:
+        weight = 1.0 - self.decay if step >= self.start else 1.0
+        for average, current in zip(self.net.parameters(), net.parameters(), strict=True):
+            average.lerp_(current.detach(), weight)
+        for average, current in zip(self.net.buffers(), net.buffers(), strict=True):
+            average.copy_(current)

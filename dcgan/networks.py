@@ -18,6 +18,9 @@ from dcgan.errors import UserInputError, choice, integer, require
 SUPPORTED_IMAGE_SIZES: tuple[int, ...] = (28, 64, 128)
 GeneratorStem = Literal["conv", "dense"]
 GENERATOR_STEMS: tuple[str, ...] = ("conv", "dense")
+# D's normalisation: BatchNorm after each conv but the first (DCGAN), spectral normalisation
+# of every conv's weight (Miyato et al. 2018; no BatchNorm), or none.
+D_NORMS: tuple[str, ...] = ("batch", "spectral", "none")
 
 
 def stage_layout(image_size: int) -> tuple[int, int]:
@@ -115,6 +118,10 @@ class Discriminator(nn.Module):
     Each stage is Conv(4, stride 2) + BatchNorm + LeakyReLU(0.2) (no BatchNorm on the first,
     as in the paper) + optional Dropout; a final Conv with the start grid's kernel size
     reduces the start grid to one logit. No Sigmoid: losses take logits (autocast-safe).
+    ``norm="spectral"`` drops the BatchNorms and divides every conv's weight by its largest
+    singular value (one power iteration per training forward), bounding D's Lipschitz
+    constant; ``norm="none"`` drops them (WGAN-GP's penalty is per image, BatchNorm mixes
+    the images of a batch).
     """
 
     def __init__(
@@ -124,18 +131,20 @@ class Discriminator(nn.Module):
         width: int,
         max_width: int,
         dropout: float = 0.0,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         start, stages = stage_layout(image_size)
         for name, value in (("d_width", width), ("max_width", max_width)):
             integer(value, f"model.{name}")
         require(0.0 <= dropout < 1.0, "model.d_dropout", dropout, "must be in [0, 1)")
+        choice(norm, "model.d_norm", D_NORMS)
         widths = [min(width * 2**i, max_width) for i in range(stages)]
         layers: list[nn.Module] = []
         in_ch = channels
         for i, out_ch in enumerate(widths):
             layers.append(nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=False))
-            if i > 0:
+            if i > 0 and norm == "batch":
                 layers.append(nn.BatchNorm2d(out_ch))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             if dropout > 0:
@@ -144,6 +153,10 @@ class Discriminator(nn.Module):
         layers.append(nn.Conv2d(in_ch, 1, kernel_size=start, stride=1, padding=0, bias=False))
         self.net = nn.Sequential(*layers)
         init_dcgan_weights(self)
+        if norm == "spectral":
+            for layer in self.net:
+                if isinstance(layer, nn.Conv2d):
+                    nn.utils.parametrizations.spectral_norm(layer)
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, C, S, S) in [-1, 1] -> (N,) logits."""

@@ -56,6 +56,7 @@ SHAPE_KEYS: tuple[str, ...] = (
     "d_width",
     "max_width",
     "g_stem",
+    "d_norm",
     "num_fixed_samples",
 )
 _ABSENT = object()
@@ -188,6 +189,8 @@ def check_resumable(ckpt: Checkpoint, hparams: dict[str, Any], max_epochs: int |
         for key in SHAPE_KEYS
         if saved.get(key) != hparams.get(key)
     ]
+    if (saved["ema_decay"] > 0) != (hparams["ema_decay"] > 0):  # the average's tensors come and go
+        mismatches.append(f"model.ema_decay: checkpoint {saved['ema_decay']!r}, config {hparams['ema_decay']!r}")
     if mismatches:
         raise UserInputError(
             f"cannot resume from {ckpt.path}: it was trained with other network settings ("

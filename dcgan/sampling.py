@@ -64,9 +64,10 @@ def latents(n: int, latent_dim: int, seed: int, start: int = 0) -> Tensor:
     return out
 
 
-def generate_uint8(model: DCGAN, z: Tensor, batch_size: int) -> Tensor:
-    """Latents (N, latent_dim) -> uint8 images (N, C, S, S) on the CPU, G in eval mode."""
-    return to_uint8(model.generate(z, batch_size=batch_size)).cpu()
+def generate_uint8(model: DCGAN, z: Tensor, batch_size: int, ema: bool) -> Tensor:
+    """Latents (N, latent_dim) -> uint8 images (N, C, S, S) on the CPU, G (or its average, if
+    ``ema`` and the model has one) in eval mode."""
+    return to_uint8(model.generate(z, batch_size=batch_size, ema=ema)).cpu()
 
 
 # --------------------------------------------------------------------------------------------

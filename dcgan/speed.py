@@ -93,3 +93,8 @@ def accepts_fused(factory: Any) -> bool:
         return "fused" in inspect.signature(factory).parameters
     except (TypeError, ValueError):
         return False
+
+
+# How the networks run with no speed switch: float32 NCHW, torch's default optimizer kernels,
+# not compiled (a model built without a config, and the benchmark's baseline).
+PLAIN = Speed(channels_last=False, fused_optimizer=False, compile=False, compile_mode="default")

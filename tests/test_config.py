@@ -27,6 +27,7 @@ def options(group: str) -> list[str]:
 def test_groups_hold_the_documented_options() -> None:
     assert options("dataset") == ["fashion_mnist", "folder", "mnist"]
     assert not (CONF / "model").exists()  # the image size is the dataset's: dataset.image_size
+    assert options("loss") == ["hinge", "ls", "ns", "wgan_gp"]
     assert options("optimizer") == ["adam", "ttur"]
     assert options("trainer") == ["cpu", "ddp", "ddp_cpu", "default", "gpu"]
     assert options("logger") == ["csv", "tensorboard"]
@@ -56,6 +57,17 @@ def test_image_sizes(compose_cfg: Callable[..., DictConfig], size: int) -> None:
     model = instantiate(cfg.model)
     assert isinstance(model, DCGAN)
     assert model.generate(torch.randn(2, cfg.model.latent_dim)).shape == (2, 3, size, size)
+
+
+@pytest.mark.parametrize("option", options("loss"))
+def test_loss_options(compose_cfg: Callable[..., DictConfig], option: str) -> None:
+    _, model, _ = build(compose_cfg(f"loss={option}", "model.g_width=4", "model.d_width=4"))
+    assert model.hparams.loss == option
+    has_batchnorm = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.discriminator.modules())
+    if option == "wgan_gp":  # the paper's critic: no BatchNorm, penalty 10, 5 critic steps per G step
+        assert (model.hparams.gp_weight, model.hparams.d_steps_per_g, has_batchnorm) == (10.0, 5, False)
+    else:
+        assert (model.hparams.gp_weight, model.hparams.d_steps_per_g, has_batchnorm) == (0.0, 1, True)
 
 
 @pytest.mark.parametrize("option", options("optimizer"))
@@ -137,6 +149,8 @@ def test_default_experiment_is_mnist28(compose_cfg: Callable[..., DictConfig]) -
             r"model.image_size=32 is not supported; supported sizes are 28, 64, 128 \(set by dataset.image_size\)",
         ),
         ("model.nonfinite_loss=ignore", "model.nonfinite_loss='ignore' is not known; choose one of stop, skip"),
+        ("model.d_norm=layer", "model.d_norm='layer' is not known; choose one of batch, spectral, none"),
+        ("loss=hinge model.real_label=0.9", "label smoothing applies to the ns and ls losses, and hinge has no labels"),
         ("callbacks.checkpoint.every_n_epochs=0", "callbacks.checkpoint.every_n_epochs=0 must be an integer >= 1"),
         ("speed.compile_mode=fast", "speed.compile_mode='fast' is not known; choose one of default, reduce-overhead"),
         ("speed.fused_optimizer=maybe", "speed.fused_optimizer='maybe' must be true, false or auto"),
@@ -146,7 +160,7 @@ def test_default_experiment_is_mnist28(compose_cfg: Callable[..., DictConfig]) -
 )
 def test_bad_values_fail_before_any_work(compose_cfg: Callable[..., DictConfig], override: str, message: str) -> None:
     with pytest.raises(UserInputError, match=message):
-        build(compose_cfg(override))
+        build(compose_cfg(*override.split()))
 
 
 def test_train_with_the_same_seed_gives_the_same_losses(compose_cfg: Callable[..., DictConfig]) -> None:

@@ -131,6 +131,28 @@ def test_grid(gen: Callable[..., list[Path]], tmp_path: Path) -> None:
     assert not np.array_equal(read(other), read(path))
 
 
+def test_ema_picks_the_average_or_the_trained_generator(tmp_path: Path) -> None:
+    from tests.test_module import fit, tiny_model
+
+    torch.manual_seed(0)
+    model = tiny_model(ema_decay=0.5, num_fixed_samples=4)
+    trainer = fit(model, batches=3)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+    grids = {}
+    for ema in (True, False):
+        cfg = compose_generate(
+            f"checkpoint={ckpt}", f"out_dir={tmp_path / str(ema)}", f"ema={ema}", "grid.num_images=4"
+        )
+        [path] = generate(cfg)
+        grids[ema] = cells(path, 2)
+    z = latents(4, model.hparams.latent_dim, 0)
+    for ema, images in grids.items():
+        expected = (model.generate(z, ema=ema) + 1).mul(127.5).round().clamp(0, 255).to(torch.uint8)[:, 0]
+        assert np.array_equal(images, expected.numpy())
+    assert not np.array_equal(grids[True], grids[False])
+
+
 @pytest.mark.parametrize("mode", ["grid", "samples", "fid"])
 def test_a_checkpoint_file_is_read_once_per_call(
     gen: Callable[..., list[Path]], monkeypatch: pytest.MonkeyPatch, mode: str
@@ -290,6 +312,7 @@ def test_report_needs_logs(tmp_path: Path) -> None:
         (("interpolate.method=cubic",), "interpolate.method='cubic' is not known; choose one of linear, slerp, both"),
         (("device=tpu",), "device='tpu' is not a device"),
         (("batch_size=0",), "batch_size=0 must be an integer >= 1"),
+        (("ema=maybe",), "ema='maybe' must be true or false"),
         (("mode=explore", "explore.range=wide"), "explore.range='wide' must be a number > 0"),
         (("mode=explore", "explore.walk_step_size=0"), "explore.walk_step_size=0 must be a number > 0"),
         (("mode=progress", "progress.strip_frames=all"), "progress.strip_frames='all' must be an integer >= 1"),

@@ -9,7 +9,7 @@ import torch
 
 from dcgan.datasets.module import TensorLoader
 from dcgan.errors import UserInputError
-from dcgan.module import DCGAN
+from dcgan.module import DCGAN, EMA
 
 TINY = {
     "image_size": 28,
@@ -20,6 +20,9 @@ TINY = {
     "max_width": 16,
     "g_stem": "conv",
     "d_dropout": 0.0,
+    "d_norm": "batch",
+    "loss": "ns",
+    "gp_weight": 0.0,
     "d_steps_per_g": 1,
     "real_label": 1.0,
     "fake_label": 0.0,
@@ -27,6 +30,8 @@ TINY = {
     "instance_noise_anneal_steps": None,
     "num_fixed_samples": 4,
     "nonfinite_loss": "stop",
+    "ema_decay": 0.0,
+    "ema_start": 0,
 }
 
 
@@ -67,6 +72,43 @@ def test_one_step_changes_both_networks() -> None:
     assert all(not torch.equal(a, b) for a, b in zip(d_before, model.discriminator.parameters(), strict=True))
     # untoggle_optimizer restored requires_grad everywhere
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"loss": "hinge", "d_norm": "spectral"},
+        {"loss": "ls", "real_label": 0.9},
+        {"loss": "wgan_gp", "gp_weight": 10.0, "d_norm": "none", "d_steps_per_g": 2},
+    ],
+)
+def test_each_loss_trains_both_networks(settings: dict) -> None:
+    torch.manual_seed(0)
+    model = tiny_model(**settings)
+    d_before = [p.detach().clone() for p in model.discriminator.parameters()]
+    g_before = [p.detach().clone() for p in model.generator.parameters()]
+    logged = fit(model, batches=4).logged_metrics
+    assert torch.isfinite(logged["train/d_loss"]) and torch.isfinite(logged["train/g_loss"])
+    assert all(not torch.equal(a, b) for a, b in zip(d_before, model.discriminator.parameters(), strict=True))
+    assert all(not torch.equal(a, b) for a, b in zip(g_before, model.generator.parameters(), strict=True))
+
+
+def test_the_gradient_penalty_is_part_of_ds_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dcgan.module
+
+    penalties: list[float] = []
+    real_penalty = dcgan.module.gradient_penalty
+
+    def penalty(*args):  # type: ignore[no-untyped-def]
+        value = real_penalty(*args)
+        penalties.append(value.item())
+        return value
+
+    monkeypatch.setattr(dcgan.module, "gradient_penalty", penalty)
+    fit(tiny_model(loss="wgan_gp", gp_weight=10.0, d_norm="none"), batches=3)
+    assert len(penalties) == 3 and all(p > 0 for p in penalties)
+    fit(tiny_model(loss="hinge", d_norm="none"), batches=2)
+    assert len(penalties) == 3  # gp_weight 0: no penalty
 
 
 @pytest.mark.parametrize(("d_steps", "batches", "g_steps"), [(1, 6, 6), (3, 6, 2), (2, 5, 2)])
@@ -141,8 +183,60 @@ def test_checkpoint_rebuilds_the_generator_alone(tmp_path: Path) -> None:
         ({"d_steps_per_g": 0}, "model.d_steps_per_g=0 must be an integer >= 1"),
         ({"instance_noise": -1.0}, "model.instance_noise=-1.0 must be >= 0"),
         ({"image_size": 32}, "supported sizes are 28, 64, 128"),
+        ({"loss": "wgan"}, "model.loss='wgan' is not known; choose one of ns, hinge, ls, wgan_gp"),
+        ({"loss": "hinge", "real_label": 0.9}, "label smoothing applies to the ns and ls losses, and hinge has no"),
+        ({"loss": "wgan_gp", "d_norm": "none"}, "model.gp_weight=0.0 must be > 0 with loss=wgan_gp"),
+        ({"gp_weight": 10.0}, "model.gp_weight=10.0 needs model.d_norm=none or spectral"),
+        ({"gp_weight": -1.0, "d_norm": "none"}, "model.gp_weight=-1.0 must be >= 0"),
+        ({"ema_decay": 1.0}, r"model.ema_decay=1.0 must be in \[0, 1\) \(0: no EMA\)"),
+        ({"ema_start": -1}, "model.ema_start=-1 must be an integer >= 0"),
     ],
 )
 def test_bad_settings_are_refused(override: dict, message: str) -> None:
     with pytest.raises(UserInputError, match=message):
         tiny_model(**override)
+
+
+def test_ema_after_k_updates_equals_the_closed_form() -> None:
+    """ema_k = d^k w_0 + (1 - d) * sum_i d^(k - i) w_i for the weights w_1..w_k after each update,
+    from the first update at or after ``start``; before it the average copies the weights."""
+    net = torch.nn.BatchNorm1d(1)  # a parameter (weight) and buffers (running statistics)
+    ema = EMA(net, decay=0.9, start=2)
+    values = [3.0, 5.0, 1.0, 4.0, 2.0]
+    for step, value in enumerate(values):
+        net.weight.data.fill_(value)
+        net.running_mean.fill_(10 * value)
+        ema.update(net, step)
+        if step < 2:
+            assert ema.net.weight.item() == pytest.approx(value)  # copies before start
+    expected = values[1]
+    for value in values[2:]:
+        expected = 0.9 * expected + 0.1 * value
+    assert ema.net.weight.item() == pytest.approx(expected, rel=1e-6)
+    assert ema.net.running_mean.item() == 10 * values[-1]  # buffers are copied
+    assert not any(p.requires_grad for p in ema.net.parameters())
+
+
+def test_the_ema_generator_draws_grids_and_is_saved(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = tiny_model(ema_decay=0.5)
+    assert model.generator_ema is not None
+    trainer = fit(model, batches=3, tmp_path=tmp_path)
+    z = model.fixed_noise
+    averaged, raw = model.generate(z), model.generate(z, ema=False)
+    assert not torch.equal(averaged, raw)
+    model.generator.eval()
+    with torch.no_grad():
+        assert torch.equal(raw, model.generator(z))  # ema=False is G itself
+    trainer.save_checkpoint(tmp_path / "ema.ckpt")
+    loaded = DCGAN.load_from_checkpoint(tmp_path / "ema.ckpt", weights_only=True)
+    assert torch.equal(loaded.generate(z), averaged) and torch.equal(loaded.generate(z, ema=False), raw)
+    # the average follows G's updates: with a decay near 0 it is G
+    follower = tiny_model(ema_decay=1e-6)
+    fit(follower, batches=2)
+    assert follower.generator_ema is not None
+    pairs = zip(follower.generator_ema.net.state_dict().values(), follower.generator.state_dict().values(), strict=True)
+    assert all(torch.allclose(a.float(), b.float(), atol=1e-5) for a, b in pairs)
+    # without an average, ema=True draws with G
+    plain = tiny_model()
+    assert plain.generator_ema is None and torch.equal(plain.generate(z), plain.generate(z, ema=False))

@@ -84,3 +84,23 @@ def test_bad_widths_and_stem_are_refused() -> None:
         Generator(28, 1, latent_dim=8, width=4, max_width=16, stem="mlp")  # type: ignore[arg-type]
     with pytest.raises(UserInputError, match=r"model.d_dropout=1.0 must be in \[0, 1\)"):
         Discriminator(28, 1, width=4, max_width=16, dropout=1.0)
+
+
+@pytest.mark.parametrize("image_size", [28, 64])
+def test_spectral_norm_bounds_every_layer_of_d(image_size: int) -> None:
+    torch.manual_seed(0)
+    d = Discriminator(image_size, 3, width=8, max_width=32, norm="spectral")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in d.modules())
+    x = torch.randn(4, 3, image_size, image_size)
+    for _ in range(30):  # power iterations, one per training forward
+        d(x)
+    convs = [m for m in d.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == (2 if image_size == 28 else 4) + 1
+    for conv in convs:
+        sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2)
+        assert sigma.item() == pytest.approx(1.0, abs=0.02)
+    unnormalised = Discriminator(image_size, 3, width=8, max_width=32, norm="none")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in unnormalised.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in Discriminator(image_size, 3, 8, 32).modules())
+    with pytest.raises(UserInputError, match="model.d_norm='layer' is not known; choose one of batch, spectral, none"):
+        Discriminator(image_size, 3, 8, 32, norm="layer")

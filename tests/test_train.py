@@ -81,6 +81,7 @@ def test_score_command_prints_one_json_line(smoke_run: Path) -> None:
     assert len(lines) == 1
     record = json.loads(lines[0])
     assert record["checkpoint"] == str((smoke_run / "checkpoints" / "best.ckpt").resolve())
+    assert record["generator"] == "raw"  # the smoke run keeps no average of G's weights
     assert (record["num_samples"], record["num_reference"], record["reference"]["split"]) == (32, 64, "test")
     assert json.loads(Path(record["out"]).read_text())["fid"] == record["fid"]
     assert Path(record["out"]) == (smoke_run / "eval" / "fid-best-n32-test.json").resolve()
@@ -143,6 +144,7 @@ def user_error(result: subprocess.CompletedProcess[str]) -> str:
     [
         ("dataset=cifar10", ("fashion_mnist", "folder", "mnist")),
         ("logger=wandb", ("csv", "tensorboard")),
+        ("loss=wgan", ("hinge", "ls", "ns", "wgan_gp")),
         ("optimizer=sgd", ("adam", "ttur")),
     ],
 )

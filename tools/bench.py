@@ -49,17 +49,17 @@ from dcgan.cli import exit_with
 from dcgan.datasets import ImageDataModule
 from dcgan.errors import ReportedError, UserInputError
 from dcgan.images import to_unit_range
-from dcgan.losses import discriminator_loss, generator_loss
+from dcgan.losses import discriminator_loss, generator_loss, gradient_penalty
 from dcgan.metrics import FEATURE_DIM, FIDScorer, InceptionFeatures, load_inception
-from dcgan.module import DCGAN
+from dcgan.module import DCGAN, EMA
 from dcgan.sampling import latents
-from dcgan.speed import Speed
+from dcgan.speed import PLAIN, Speed
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = {28: "mnist28", 64: "fashion64", 128: "fashion128"}
 
 # --baseline: how the networks run without any speed switch.
-BASELINE = Speed(channels_last=False, fused_optimizer=False, compile=False, compile_mode="default")
+BASELINE = PLAIN
 
 # (warmup, timed batches, rounds) for --quick and for a full run.
 QUICK = (2, 5, 2)
@@ -196,13 +196,16 @@ def plain_rate(
     """Images/s of the same training step written as a bare loop: copies of G and D (not
     compiled: ``nn.Module.compile`` is not copied), the same optimizer factories, losses,
     labels, batch size and in-memory uint8 data, and the same work per step (one G forward;
-    D's weights frozen during G's backward), run with ``speed`` and under ``autocast``."""
+    D's weights frozen during G's backward; G updated every ``d_steps_per_g`` batches; the
+    gradient penalty and the average of G's weights if the model has them), run with ``speed``
+    and under ``autocast``."""
     g, d = copy.deepcopy(model.generator).to(device), copy.deepcopy(model.discriminator).to(device)
     speed.apply(g, d)
     assert model.g_optimizer is not None and model.d_optimizer is not None
     g_opt = speed.optimizer_factory(model.g_optimizer, device)(g.parameters())
     d_opt = speed.optimizer_factory(model.d_optimizer, device)(d.parameters())
     hp = model.hparams
+    ema = EMA(g, hp.ema_decay, hp.ema_start) if hp.ema_decay > 0 else None
     assert datamodule.images is not None, "the benchmark needs the in-memory data path"
     images = datamodule.images.to(device)
     generator = torch.Generator(device="cpu").manual_seed(0)
@@ -213,27 +216,35 @@ def plain_rate(
             index = torch.randint(0, len(images), (b,), generator=generator).to(device)
             yield to_unit_range(images.index_select(0, index)).contiguous(memory_format=speed.memory_format)
 
-    def step(real: torch.Tensor) -> None:
+    def step(real: torch.Tensor, i: int) -> None:
+        update_g = (i + 1) % hp.d_steps_per_g == 0
         with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
             z = torch.randn(len(real), hp.latent_dim, device=device)
-            fake = g(z)
-            d_loss = discriminator_loss(d(real), d(fake.detach()), hp.real_label, hp.fake_label)
+            with torch.set_grad_enabled(update_g):
+                fake = g(z)
+            d_loss = discriminator_loss(hp.loss, d(real), d(fake.detach()), hp.real_label, hp.fake_label)
+            if hp.gp_weight > 0:
+                d_loss = d_loss + hp.gp_weight * gradient_penalty(d, real, fake.detach())
             d_opt.zero_grad(set_to_none=True)
             d_loss.backward()
             d_opt.step()
+            if not update_g:
+                return
             d.requires_grad_(False)  # G's step needs no gradients of D's weights (the module's
-            g_loss = generator_loss(d(fake))  # toggle_optimizer does the same)
+            g_loss = generator_loss(hp.loss, d(fake))  # toggle_optimizer does the same)
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             g_opt.step()
             d.requires_grad_(True)
+            if ema is not None:
+                ema.update(g, hp.ema_start)
 
-    for real in batches_of(warmup):
-        step(real)
+    for i, real in enumerate(batches_of(warmup)):
+        step(real, i)
     synchronize(device)
     start = time.perf_counter()
-    for real in batches_of(batches):
-        step(real)
+    for i, real in enumerate(batches_of(batches), start=warmup):
+        step(real, i)
     synchronize(device)
     return batches * b / (time.perf_counter() - start)
 
