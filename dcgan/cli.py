@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan.errors import ReportedError, TrainingInterrupted, UserInputError
@@ -80,6 +82,23 @@ def exit_with(error: ReportedError) -> NoReturn:
     """Print ``<label>: <message>`` to stderr and exit with the error's code."""
     print(f"{error.label}: {error}", file=sys.stderr)
     raise SystemExit(error.exit_code) from None
+
+
+def instantiate_node(node: DictConfig | dict[str, Any], key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, with our own constructors' ``UserInputError`` (and a
+    ``TypeError`` or ``ValueError`` from a misspelled, missing or bad setting) surfacing as a
+    ``UserInputError`` that names the config key, rather than Hydra's wrapped exception. The
+    Trainer's constructor only checks its settings (``trainer.precision=foo``,
+    ``trainer.accelerator=gpu`` without one), so any error from it is the config's."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, UserInputError):
+            raise cause from None
+        if isinstance(cause, TypeError | ValueError) or (key == "trainer" and isinstance(cause, Exception)):
+            raise UserInputError(f"{key}: {cause}") from None
+        raise
 
 
 class CheckOutputDir(Callback):

@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 
+from dcgan.cli import instantiate_node
 from dcgan.errors import UserInputError, choice, integer, positive_number, require
 from dcgan.files import NpzWriter, atomic_dir, atomic_path, save_gif, save_png
 from dcgan.images import grid, to_pil
@@ -192,7 +192,7 @@ def score(cfg: DictConfig, run: Run, checkpoint: Checkpoint) -> Path:
     device = resolve_device(str(cfg.device))
     model = checkpoint.model(device)
     extractor = InceptionFeatures(settings.weights, settings.batch_size).to(device)
-    reference = instantiate(dataset).reference(settings.reference_split)
+    reference = instantiate_node(dataset, "dataset").reference(settings.reference_split)
     features, key, _ = reference_features(reference, settings.reference_samples, extractor, settings.cache_dir)
     start = time.perf_counter()
     scorer = FIDScorer(extractor, features, len(features), num_samples, kid=settings.kid)

@@ -14,13 +14,12 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan import loop
 from dcgan.callbacks import FIDCallback
+from dcgan.cli import instantiate_node
 from dcgan.errors import TrainingDiverged, TrainingInterrupted, UserInputError
 from dcgan.files import atomic_path
 from dcgan.module import DCGAN, OptimizerFactory
@@ -41,23 +40,6 @@ log = logging.getLogger(__name__)
 
 # Lightning 2.6 trips torch's own deprecation of LeafSpec on every run; harmless noise.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-
-
-def instantiate_node(node: DictConfig, key: str, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate``, with our own constructors' ``UserInputError`` (and a
-    ``TypeError`` or ``ValueError`` from a misspelled, missing or bad setting) surfacing as a
-    ``UserInputError`` that names the config key, rather than Hydra's wrapped exception. The
-    Trainer's constructor only checks its settings (``trainer.precision=foo``,
-    ``trainer.accelerator=gpu`` without one), so any error from it is the config's."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__
-        if isinstance(cause, UserInputError):
-            raise cause from None
-        if isinstance(cause, TypeError | ValueError) or (key == "trainer" and isinstance(cause, Exception)):
-            raise UserInputError(f"{key}: {cause}") from None
-        raise
 
 
 def build_optimizer(cfg: DictConfig, key: str) -> OptimizerFactory:

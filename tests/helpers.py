@@ -14,8 +14,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
+from dcgan.cli import instantiate_node
 from dcgan.datasets import ImageDataModule
-from dcgan.train import instantiate_node
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -161,7 +161,7 @@ def project_rate(
 ) -> float:
     """Images/s of ``batches`` timed batches of ``trainer.fit`` on ``device``, built from
     ``cfg`` as train.py builds it (callbacks and logger as configured)."""
-    from dcgan.train import instantiate_node
+    from dcgan.cli import instantiate_node
 
     # ``device``, not the model's: the model sits on the CPU until fit moves it (and after
     # fit's teardown), and the clock must wait for the GPU's queued work.
