@@ -8,6 +8,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -29,7 +30,8 @@ from dcgan.metrics import (
     shard,
 )
 from dcgan.module import DCGAN
-from dcgan.sampling import latents
+from dcgan.run import Checkpoint as CheckpointFile
+from dcgan.sampling import class_labels, class_rows, latents
 
 # Hydra sends this logger to the console and the run's train.log.
 log = logging.getLogger(__name__)
@@ -68,7 +70,9 @@ class LastCheckpoint(Checkpoint):
 
 class SampleGrid(L.Callback):
     """Every ``every_n_epochs`` epochs, G's images of the module's fixed noise batch: a PNG in
-    ``dirpath`` (``epoch_0001.png``, ...) and an image ``samples`` in TensorBoard."""
+    ``dirpath`` (``epoch_0001.png``, ...) and an image ``samples`` in TensorBoard. A conditional
+    G draws one row per class, its first ``nrow`` fixed latents (default: as many as classes)
+    as the columns."""
 
     def __init__(self, dirpath: str | Path, every_n_epochs: int, nrow: int | None = None) -> None:
         self.dirpath = Path(dirpath)
@@ -81,8 +85,13 @@ class SampleGrid(L.Callback):
             return
         epoch = trainer.current_epoch + 1  # epochs completed
         assert isinstance(pl_module, DCGAN)
-        images = to_uint8(pl_module.generate(pl_module.fixed_noise))
-        picture = grid(images, self.nrow or math.ceil(math.sqrt(len(images))))
+        if pl_module.num_classes:  # one row per class, one fixed latent per column
+            z, labels = class_rows(pl_module.fixed_noise[: self.nrow or pl_module.num_classes], pl_module.num_classes)
+            images = to_uint8(pl_module.generate(z, labels.to(z.device)))
+            picture = grid(images, len(z) // pl_module.num_classes)
+        else:
+            images = to_uint8(pl_module.generate(pl_module.fixed_noise))
+            picture = grid(images, self.nrow or math.ceil(math.sqrt(len(images))))
         save_png(picture, self.dirpath / f"epoch_{epoch:04d}.png")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
@@ -122,7 +131,11 @@ class FIDCallback(L.Callback):
     images from fixed latents (``seed``); their FID against the reference features (cached, see
     ``dcgan.metrics``) is logged as ``val/fid`` (``val/kid`` with ``kid=True``) and appended to
     ``metrics_file`` as a JSON line stating N, split and size. GAN quality is not monotone in
-    training time, so a lower FID than any before saves ``checkpoint_dir/best.ckpt``.
+    training time, so a lower FID than any before saves ``checkpoint_dir/best.ckpt``. The choice
+    is made against training images (``reference_split``); when training ends, the chosen
+    weights are scored once against ``final_split`` (the test split, which the choice never
+    saw) with ``final_num_samples`` images: the number to report, the last line of
+    ``metrics_file`` and ``final_fid``.
 
     Under several processes each rank scores its share of the latents and of the reference
     features; torchmetrics combines the states, and every rank gets the same FID.
@@ -142,10 +155,17 @@ class FIDCallback(L.Callback):
         batch_size: int | str,
         kid: bool,
         seed: int,
+        final_split: str | None,
+        final_num_samples: int,
     ) -> None:
         ok = num_samples == "auto" or (isinstance(num_samples, int) and num_samples >= 2)
         require(ok, "eval.num_samples", num_samples, "must be auto or an integer >= 2")
         choice(reference_split, "eval.reference_split", SPLITS)
+        if final_split is not None:
+            choice(final_split, "eval.final_split", SPLITS)
+        self.final_split = final_split
+        self.final_num_samples = integer(final_num_samples, "eval.final_num_samples", 2)
+        self.final_fid: float | None = None
         self.checkpoint_dir = Path(checkpoint_dir)
         self.metrics_file = Path(metrics_file)
         self.every_n_epochs = integer(every_n_epochs, "eval.every_n_epochs")
@@ -175,14 +195,8 @@ class FIDCallback(L.Callback):
         datamodule = trainer.datamodule
         if not isinstance(datamodule, ImageDataModule):
             raise TypeError("FIDCallback needs an ImageDataModule to find the reference images")
-        reference = datamodule.reference(self.reference_split)
         self.extractor.to(device)
-        # Rank 0 computes (or loads) and caches the reference; the others then read the cache.
-        if trainer.is_global_zero:
-            features, self.key, _ = self._reference(reference)
-        trainer.strategy.barrier("fid-reference")
-        if not trainer.is_global_zero:
-            features, self.key, _ = self._reference(reference)
+        features, self.key = self._reference(trainer, self.reference_split)
         rank, world = trainer.global_rank, trainer.world_size
         self.num_reference = len(features)
         self.scorer = FIDScorer(
@@ -190,9 +204,66 @@ class FIDCallback(L.Callback):
         )
         assert isinstance(pl_module, DCGAN)
         self.latents = shard(latents(self.num_samples, pl_module.hparams.latent_dim, self.seed), rank, world)
+        self.rank_world = (rank, world)
 
-    def _reference(self, reference: ImageDataModule) -> tuple[torch.Tensor, ReferenceKey, Path]:
-        return reference_features(reference, self.reference_samples, self.extractor, self.cache_dir)
+    def _reference(self, trainer: L.Trainer, split: str) -> tuple[torch.Tensor, ReferenceKey]:
+        reference = trainer.datamodule.reference(split)  # type: ignore[attr-defined]
+        # Rank 0 computes (or loads) and caches the reference; the others then read the cache.
+        if trainer.is_global_zero:
+            features, key, _ = reference_features(reference, self.reference_samples, self.extractor, self.cache_dir)
+        trainer.strategy.barrier("fid-reference")
+        if not trainer.is_global_zero:
+            features, key, _ = reference_features(reference, self.reference_samples, self.extractor, self.cache_dir)
+        return features, key
+
+    def _labels(self, pl_module: DCGAN, n: int) -> torch.Tensor | None:
+        """A conditional model's labels: the training set's class proportions, this rank's share."""
+        if not pl_module.num_classes:
+            return None
+        return shard(class_labels(n, pl_module.class_counts.cpu(), self.seed), *self.rank_world)
+
+    def _append(self, record: dict[str, Any]) -> None:
+        self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.metrics_file.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Score the weights chosen on the selection split (``best.ckpt``) once on ``final_split``
+        (the test split: unseen by the choice), at ``final_num_samples``, into ``metrics_file``."""
+        best = self.checkpoint_dir / "best.ckpt"
+        if self.final_split is None or not self.best_epoch or not best.is_file():
+            return
+        start = time.perf_counter()
+        features, key = self._reference(trainer, self.final_split)
+        model = CheckpointFile.read(best).model(trainer.strategy.root_device)
+        n, (rank, world) = self.final_num_samples, self.rank_world
+        scorer = FIDScorer(self.extractor, shard(features, rank, world), len(features), n, kid=self.kid)
+        z = shard(latents(n, model.hparams.latent_dim, self.seed), rank, world)
+        result = scorer.score(model.generate, z, self._labels(model, n))
+        self.final_fid = result["fid"]
+        seconds = time.perf_counter() - start
+        if trainer.is_global_zero:
+            self._append(
+                {
+                    "checkpoint": "best.ckpt",
+                    "epoch": self.best_epoch,
+                    "selected_by": {
+                        "fid": self.best_fid,
+                        "num_samples": self.num_samples,
+                        "reference": asdict(self.key),
+                    },
+                    **result,
+                    "num_samples": n,
+                    "num_reference": len(features),
+                    "reference": asdict(key),
+                    "seconds": round(seconds, 2),
+                }
+            )
+            log.info(
+                f"best.ckpt (epoch {self.best_epoch}, chosen by FID vs {self.key.split} images): FID "
+                f"{result['fid']:.2f} ({n} generated vs {len(features)} {key.dataset} {key.split} images, "
+                f"{seconds:.0f} s)"
+            )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not _due(trainer, self.every_n_epochs):
@@ -200,7 +271,7 @@ class FIDCallback(L.Callback):
         epoch = trainer.current_epoch + 1
         assert self.scorer is not None and isinstance(pl_module, DCGAN)
         start = time.perf_counter()
-        result = self.scorer.score(pl_module.generate, self.latents)
+        result = self.scorer.score(pl_module.generate, self.latents, self._labels(pl_module, self.num_samples))
         seconds = time.perf_counter() - start
         if trainer.world_size > 1:
             # Every rank computes the same FID from all ranks' features; this line, in each
@@ -224,9 +295,7 @@ class FIDCallback(L.Callback):
                 "seconds": round(seconds, 2),
                 "best": improved,
             }
-            self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
-            with self.metrics_file.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            self._append(record)
             log.info(
                 f"Epoch {epoch}: FID {result['fid']:.2f} ({self.num_samples} generated vs {self.num_reference} "
                 f"{self.key.dataset} {self.key.split} images at {self.key.image_size}px, {seconds:.0f} s)"

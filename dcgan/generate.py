@@ -37,6 +37,8 @@ from dcgan.metrics import FIDScorer, InceptionFeatures, reference_features
 from dcgan.module import DCGAN
 from dcgan.run import Checkpoint, Run
 from dcgan.sampling import (
+    class_labels,
+    class_rows,
     generate_uint8,
     interpolation_path,
     latents,
@@ -67,16 +69,29 @@ class Generation:
         self.model: DCGAN = checkpoint.model(resolve_device(str(cfg.device)))
         self.latent_dim: int = self.model.hparams.latent_dim
         self.image_size: int = self.model.hparams.image_size
+        self.label = requested_class(cfg, self.model)
         self.out_dir = out_dir
         self.tag = checkpoint.path.stem  # best, last, ...: files of different checkpoints stay apart
         log.info("generator of %s on %s", checkpoint.path, self.model.device)
 
-    def images(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (N, D) -> uint8 images (N, C, S, S) on the CPU."""
-        return generate_uint8(self.model, z, self.batch_size, self.ema)
+    def images(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (N, D) -> uint8 images (N, C, S, S) on the CPU; a conditional model draws
+        ``labels`` (N,), else the requested class (``class=``)."""
+        if labels is None and self.model.num_classes:
+            if self.label is None:
+                raise UserInputError(
+                    "this checkpoint's generator is class-conditional: this mode draws one class, "
+                    f"so add class=<0..{self.model.num_classes - 1}>"
+                )
+            labels = torch.full((len(z),), self.label)
+        return generate_uint8(self.model, z, labels, self.batch_size, self.ema)
 
-    def write_grid(self, z: torch.Tensor, nrow: int, name: str) -> Path:
-        return save_png(grid(self.images(z), nrow), self.out_dir / name)
+    @property
+    def class_tag(self) -> str:
+        return f"-class{self.label}" if self.label is not None else ""
+
+    def write_grid(self, z: torch.Tensor, nrow: int, name: str, labels: torch.Tensor | None = None) -> Path:
+        return save_png(grid(self.images(z, labels), nrow), self.out_dir / name)
 
     @property
     def gif_scale(self) -> int:
@@ -86,15 +101,24 @@ class Generation:
 
     def grid(self, cfg: DictConfig) -> list[Path]:
         n = integer(cfg.num_images, "grid.num_images", 1)
-        nrow = integer(cfg.nrow, "grid.nrow", 1) if cfg.nrow is not None else math.ceil(math.sqrt(n))
-        return [self.write_grid(latents(n, self.latent_dim, self.seed), nrow, f"grid-{self.tag}-seed{self.seed}.png")]
+        nrow = integer(cfg.nrow, "grid.nrow", 1) if cfg.nrow is not None else None
+        classes = self.model.num_classes
+        if classes and self.label is None:
+            # One row per class, one latent per column: the same z drawn as every class.
+            z, labels = class_rows(latents(nrow or classes, self.latent_dim, self.seed), classes)
+            return [self.write_grid(z, nrow or classes, f"grid-{self.tag}-seed{self.seed}-classes.png", labels)]
+        z = latents(n, self.latent_dim, self.seed)
+        name = f"grid-{self.tag}-seed{self.seed}{self.class_tag}.png"
+        return [self.write_grid(z, nrow or math.ceil(math.sqrt(n)), name)]
 
     def samples(self, cfg: DictConfig) -> list[Path]:
         n = integer(cfg.num_images, "samples.num_images", 1)
         if not (cfg.png or cfg.npz):
             raise UserInputError("samples.png=false and samples.npz=false: nothing to write; enable one of them")
-        name = f"samples-{self.tag}-seed{self.seed}"
+        name = f"samples-{self.tag}-seed{self.seed}{self.class_tag}"
         channels = self.model.hparams.channels
+        # A conditional model without class=: the training set's class proportions.
+        labels = sample_labels(self.model, n, self.seed) if self.label is None else None
         shape = (n, self.image_size, self.image_size, channels)
         digits = max(6, len(str(n - 1)))
         folder, npz = self.out_dir / name, self.out_dir / f"{name}.npz"
@@ -104,7 +128,9 @@ class Generation:
             tmp = stack.enter_context(atomic_dir(folder)) if cfg.png else None
             writer = stack.enter_context(NpzWriter(npz, shape)) if cfg.npz else None
             for start in range(0, n, self.batch_size):
-                images = self.images(latents(min(self.batch_size, n - start), self.latent_dim, self.seed, start))
+                count = min(self.batch_size, n - start)
+                batch_labels = labels[start : start + count] if labels is not None else None
+                images = self.images(latents(count, self.latent_dim, self.seed, start), batch_labels)
                 if tmp is not None:
                     for offset, image in enumerate(images):
                         to_pil(image).save(tmp / f"{start + offset:0{digits}d}.png", format="png")
@@ -119,6 +145,8 @@ class Generation:
 
     def interpolate(self, cfg: DictConfig) -> list[Path]:
         steps = integer(cfg.steps, "interpolate.steps", 2)
+        if cfg.classes is not None:
+            return self.interpolate_classes(cfg, steps)
         method = choice(cfg.method, "interpolate.method", ("linear", "slerp", "both"))
         methods = ["linear", "slerp"] if method == "both" else [method]
         if cfg.seeds is not None:
@@ -138,16 +166,36 @@ class Generation:
         for method in methods:
             path = interpolation_path(points, steps, method, closed=bool(cfg.closed))  # (segments, steps, D)
             images = self.images(path.flatten(0, 1)).unflatten(0, path.shape[:2])  # (segments, steps, C, S, S)
-            stem = f"interpolate-{self.tag}-{ends}-{method}"
-            written.append(save_png(grid(images.flatten(0, 1), nrow=steps), self.out_dir / f"{stem}.png"))
-            # Frames along the whole path; the joints between segments appear once.
-            frames = [image for row in images for image in row[:-1]]
-            if not cfg.closed:
-                frames.append(images[-1, -1])  # closed: the last frame would repeat the first
-            frame_ms = integer(cfg.frame_ms, "interpolate.frame_ms", 1)
-            written.append(
-                save_gif([to_pil(f) for f in frames], self.out_dir / f"{stem}.gif", frame_ms, self.gif_scale)
-            )
+            written += self._write_path(images, f"interpolate-{self.tag}-{ends}{self.class_tag}-{method}", cfg)
+        return written
+
+    def interpolate_classes(self, cfg: DictConfig, steps: int) -> list[Path]:
+        """From class to class of ``interpolate.classes`` at one latent (the seed's first), by
+        mixing the classes' conditional BatchNorm parameters."""
+        classes = self.model.num_classes
+        names = cfg.classes
+        if not classes:
+            raise UserInputError("interpolate.classes needs a class-conditional checkpoint (model.conditional=true)")
+        if not isinstance(names, ListConfig) or len(names) < 2 or not all(isinstance(c, int) for c in names):
+            raise UserInputError(f"interpolate.classes={names} must be a list of 2 or more classes, e.g. [3,8]")
+        for c in names:
+            require(0 <= c < classes, "interpolate.classes", list(names), f"must be classes in 0..{classes - 1}")
+        onehot = torch.eye(classes)[list(names)]
+        path = interpolation_path(onehot, steps, "linear", closed=bool(cfg.closed))  # (segments, steps, classes)
+        z = latents(1, self.latent_dim, self.seed).expand(path.shape[0] * steps, -1)
+        images = self.images(z, path.flatten(0, 1)).unflatten(0, path.shape[:2])
+        stem = f"interpolate-{self.tag}-seed{self.seed}-classes{'-'.join(map(str, names))}"
+        return self._write_path(images, stem, cfg)
+
+    def _write_path(self, images: torch.Tensor, stem: str, cfg: DictConfig) -> list[Path]:
+        """A grid PNG of paths (segments, steps, C, S, S), one row per segment, and a GIF along them."""
+        written = [save_png(grid(images.flatten(0, 1), nrow=images.shape[1]), self.out_dir / f"{stem}.png")]
+        # Frames along the whole path; the joints between segments appear once.
+        frames = [image for row in images for image in row[:-1]]
+        if not cfg.closed:
+            frames.append(images[-1, -1])  # closed: the last frame would repeat the first
+        frame_ms = integer(cfg.frame_ms, "interpolate.frame_ms", 1)
+        written.append(save_gif([to_pil(f) for f in frames], self.out_dir / f"{stem}.gif", frame_ms, self.gif_scale))
         return written
 
     def explore(self, cfg: DictConfig) -> list[Path]:
@@ -166,7 +214,7 @@ class Generation:
             raise UserInputError(f"explore.dims {bad} are outside the latent's 0..{self.latent_dim - 1}")
         steps = integer(cfg.steps, "explore.steps", 2)
         value_range = positive_number(cfg.range, "explore.range")
-        stem = f"explore-{self.tag}-seed{self.seed}-{index}"
+        stem = f"explore-{self.tag}-seed{self.seed}-{index}{self.class_tag}"
         varied = vary_dimensions(z, dims, value_range, steps)  # (dims, steps, D)
         written = [self.write_grid(varied.flatten(0, 1), steps, f"{stem}-dims.png")]
         walk_steps = integer(cfg.walk_steps, "explore.walk_steps", 2)
@@ -178,12 +226,35 @@ class Generation:
         return written
 
 
+def requested_class(cfg: DictConfig, model: DCGAN) -> int | None:
+    """``class=``, checked against the checkpoint's classes (None: not given)."""
+    label = cfg.get("class")
+    if label is None:
+        return None
+    if not model.num_classes:
+        raise UserInputError(f"class={label}: this checkpoint's generator is unconditional; leave out class=")
+    require(
+        isinstance(label, int) and not isinstance(label, bool) and 0 <= label < model.num_classes,
+        "class",
+        label,
+        f"must be a class of the checkpoint, 0..{model.num_classes - 1}",
+    )
+    return int(label)
+
+
+def sample_labels(model: DCGAN, n: int, seed: int) -> torch.Tensor | None:
+    """``n`` labels in the training set's class proportions for a conditional model, else None."""
+    return class_labels(n, model.class_counts.cpu(), seed) if model.num_classes else None
+
+
 def score(cfg: DictConfig, run: Run, checkpoint: Checkpoint) -> Path:
     """FID (and KID) of ``fid.num_samples`` images of the checkpoint's generator against the
     reference split of the dataset it was trained on; prints the record as one JSON line and
     writes it to ``fid.out`` (default ``<run dir>/eval/fid-<checkpoint>-n<N>-<split>.json``)."""
     settings = cfg.fid
     num_samples = integer(settings.num_samples, "fid.num_samples", 2)
+    if cfg.get("class") is not None:
+        raise UserInputError("mode=fid scores all classes in the training set's proportions; leave out class=")
     dataset = dict(checkpoint.data.get("datamodule_hyper_parameters") or {})
     if "_target_" not in dataset:
         raise UserInputError(f"{checkpoint.path} does not record the dataset it was trained on; it cannot be scored")
@@ -198,13 +269,16 @@ def score(cfg: DictConfig, run: Run, checkpoint: Checkpoint) -> Path:
     scorer = FIDScorer(extractor, features, len(features), num_samples, kid=settings.kid)
     ema = _flag(cfg.ema, "ema")
     result = scorer.score(
-        lambda z: model.generate(z, ema=ema), latents(num_samples, model.hparams.latent_dim, settings.seed)
+        lambda z, y=None: model.generate(z, y, ema=ema),
+        latents(num_samples, model.hparams.latent_dim, settings.seed),
+        sample_labels(model, num_samples, settings.seed),
     )
     out = Path(settings.out or run.directory / "eval" / f"fid-{checkpoint.path.stem}-n{num_samples}-{key.split}.json")
     record = {
         "checkpoint": str(checkpoint.path.resolve()),
         "epochs_trained": checkpoint.epochs_trained,
         "generator": "ema" if ema and model.generator_ema is not None else "raw",
+        **({"labels": "training proportions"} if model.num_classes else {}),
         **result,
         "num_samples": num_samples,
         "num_reference": len(features),
@@ -303,7 +377,8 @@ def read_scalars(run_dir: Path) -> dict[str, Series]:
 
 
 def read_fid_records(run_dir: Path) -> list[dict[str, Any]]:
-    """The in-training FID evaluations of a run (``fid.jsonl``), oldest first; [] if none."""
+    """The in-training FID evaluations of a run (``fid.jsonl``), oldest first, without the score
+    of best.ckpt at the end (against another reference); [] if none."""
     path = run_dir / "fid.jsonl"
     if not path.is_file():
         return []
@@ -318,7 +393,7 @@ def read_fid_records(run_dir: Path) -> list[dict[str, Any]]:
             # A run killed mid-write can leave a torn last line; the others still count.
             if number != len(lines):
                 raise UserInputError(f"{path}, line {number}, is not JSON") from None
-    return records
+    return [r for r in records if "checkpoint" not in r]
 
 
 def epoch_grids(run_dir: Path) -> list[tuple[int, Path]]:

@@ -6,6 +6,9 @@
 - ``hinge``: Lim & Ye 2017; Miyato et al. 2018 (with spectral normalisation).
 - ``ls``: least squares (Mao et al. 2017), D's targets ``real_label`` / ``fake_label``, G's 1.
 - ``wgan_gp``: Wasserstein with a gradient penalty on interpolates (Gulrajani et al. 2017).
+
+Penalties on D's gradient, added to D's loss with any of them: ``gradient_penalty`` (WGAN-GP's)
+and ``r1_penalty`` (on real images).
 """
 
 from __future__ import annotations
@@ -69,6 +72,14 @@ def gradient_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor, fa
     between = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
     (grad,) = torch.autograd.grad(discriminator(between).sum(), between, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
+
+
+def r1_penalty(real_logits: Tensor, real: Tensor) -> Tensor:
+    """R1 (Mescheder et al. 2018): half the mean squared norm of D's gradient at the real images
+    (N, C, S, S), which must require grad and be what ``real_logits`` (N,) were computed from.
+    Differentiable with respect to D's weights; multiply by gamma."""
+    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    return 0.5 * grad.flatten(1).pow(2).sum(dim=1).mean()
 
 
 def instance_noise_std(initial_std: float, step: int, anneal_steps: int) -> float:

@@ -287,21 +287,31 @@ class FIDScorer:
         if self.kid is not None:
             self.kid.update(features, real=real)
 
-    def score(self, generate: Callable[[Tensor], Tensor], latents: Tensor, batch_size: int = 250) -> dict[str, float]:
-        """FID of ``generate(latents)`` (images in [-1, 1]), as {"fid": ..., "kid_mean", "kid_std"}.
-        Leaves the global RNG as it found it (KID draws random subsets), so evaluating during
-        training does not change the training run."""
+    def score(
+        self,
+        generate: Callable[..., Tensor],
+        latents: Tensor,
+        labels: Tensor | None = None,
+        batch_size: int = 250,
+    ) -> dict[str, float]:
+        """FID of ``generate(latents)`` (images in [-1, 1]; ``generate(latents, labels)`` for a
+        conditional generator), as {"fid": ..., "kid_mean", "kid_std"}. Leaves the global RNG
+        as it found it (KID draws random subsets), so evaluating during training does not
+        change the training run."""
         with torch.random.fork_rng(devices=self._rng_devices()):
-            return self._score(generate, latents, batch_size)
+            return self._score(generate, latents, labels, batch_size)
 
     def _rng_devices(self) -> list[int]:
         device = next(self.extractor.parameters()).device
         return [device.index or 0] if device.type == "cuda" else []
 
-    def _score(self, generate: Callable[[Tensor], Tensor], latents: Tensor, batch_size: int) -> dict[str, float]:
+    def _score(
+        self, generate: Callable[..., Tensor], latents: Tensor, labels: Tensor | None, batch_size: int
+    ) -> dict[str, float]:
         device = next(self.extractor.parameters()).device
-        for z in latents.split(batch_size):
-            images = to_uint8(generate(z))  # rounded, not truncated
+        for i, z in enumerate(latents.split(batch_size)):
+            inputs = (z,) if labels is None else (z, labels[i * batch_size : (i + 1) * batch_size])
+            images = to_uint8(generate(*inputs))  # rounded, not truncated
             self._update(self.extractor(images).to(device), real=False)
         result = {"fid": float(self.fid.compute())}
         self.fid.reset()  # the generated side only: reset_real_features=False

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import lightning as L
@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from dcgan import loop
+from dcgan.augment import DiffAugment
 from dcgan.errors import TrainingDiverged, UserInputError, choice, integer, require
 from dcgan.losses import (
     LABELLED_LOSSES,
@@ -23,6 +24,7 @@ from dcgan.losses import (
     generator_loss,
     gradient_penalty,
     instance_noise_std,
+    r1_penalty,
 )
 from dcgan.networks import Discriminator, Generator
 from dcgan.speed import PLAIN, Speed
@@ -39,13 +41,18 @@ class DCGAN(L.LightningModule):
 
     Plain values only (saved as hyperparameters): ``DCGAN.load_from_checkpoint(path)`` rebuilds
     the networks from the checkpoint alone. Not saved: the optimizer factories (e.g.
-    ``partial(torch.optim.Adam, lr=2e-4)``, for training) and ``speed`` (dcgan/speed.py; None: plain torch).
+    ``partial(torch.optim.Adam, lr=2e-4)``, for training), ``speed`` (dcgan/speed.py; None: plain
+    torch) and ``lr_decay_start`` (``linear_decay``; None: constant learning rates).
 
     Args (their meaning and defaults: ``model:`` in conf/train.yaml):
         image_size, channels: the images, (channels, image_size, image_size).
         latent_dim: size of the noise vector z ~ N(0, I).
-        g_width, d_width, max_width, g_stem, d_dropout, d_norm: the networks (dcgan/networks.py).
+        g_width, d_width, max_width, g_stem, d_dropout, d_norm, g_spectral: the networks
+            (dcgan/networks.py).
+        conditional, num_classes: class-conditional G and D (``num_classes``: the dataset's).
         loss, gp_weight: the loss (dcgan/losses.py), the weight of a gradient penalty (0: none).
+        r1_weight, r1_every: R1 penalty on real images (0: none), taken every ``r1_every`` batches.
+        augment: DiffAugment's transforms of D's inputs, e.g. ``["translation", "cutout"]`` ([]: none).
         d_steps_per_g: D updates per G update; each D update consumes one batch.
         real_label, fake_label: D's targets (ns, ls); 0.9 / 0.0 is one-sided label smoothing.
         instance_noise: initial std of Gaussian noise added to D's inputs (real and fake),
@@ -67,8 +74,14 @@ class DCGAN(L.LightningModule):
         g_stem: str,
         d_dropout: float,
         d_norm: str,
+        g_spectral: bool,
+        conditional: bool,
+        num_classes: int,
         loss: str,
         gp_weight: float,
+        r1_weight: float,
+        r1_every: int,
+        augment: list[str],
         d_steps_per_g: int,
         real_label: float,
         fake_label: float,
@@ -81,71 +94,115 @@ class DCGAN(L.LightningModule):
         g_optimizer: OptimizerFactory | None = None,
         d_optimizer: OptimizerFactory | None = None,
         speed: Speed | None = None,
+        lr_decay_start: float | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(augment, Sequence) and not isinstance(augment, str):
+            augment = list(augment)  # a plain list in the checkpoint, not Hydra's ListConfig
         _check_settings(locals())
         self.speed = speed or PLAIN
         for key, factory in (("generator", g_optimizer), ("discriminator", d_optimizer)):
             if factory is not None:
                 self.speed.check_optimizer(factory, key)
-        self.save_hyperparameters(ignore=["g_optimizer", "d_optimizer", "speed"], logger=False)
+        self.save_hyperparameters(ignore=["g_optimizer", "d_optimizer", "speed", "lr_decay_start"], logger=False)
         self.automatic_optimization = False
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
-        self.generator = Generator(image_size, channels, latent_dim, g_width, max_width, g_stem)  # type: ignore[arg-type]
-        self.discriminator = Discriminator(image_size, channels, d_width, max_width, d_dropout, d_norm)
+        ok = lr_decay_start is None or 0.0 <= lr_decay_start < 1.0
+        require(ok, "optimizer.lr_decay_start", lr_decay_start, "must be in [0, 1) or null (constant rates)")
+        self.lr_decay_start = lr_decay_start
+        self._lr_factor: Callable[[int], float] | None = None
+        classes = num_classes if conditional else 0
+        self.generator = Generator(
+            image_size,
+            channels,
+            latent_dim,
+            g_width,
+            max_width,
+            g_stem,
+            classes,
+            g_spectral,  # type: ignore[arg-type]
+        )
+        self.discriminator = Discriminator(image_size, channels, d_width, max_width, d_dropout, d_norm, classes)
+        self.augment = DiffAugment(augment)
         self.generator_ema = EMA(self.generator, ema_decay, ema_start) if ema_decay > 0 else None
         # A buffer, not an attribute: it follows the module to the GPU and lives in the
         # checkpoint, so grids stay comparable across epochs and across a resume.
         self.register_buffer("fixed_noise", torch.randn(num_fixed_samples, latent_dim))
+        if conditional:
+            # Each class's number of training images, set when training starts: FID and
+            # generate.py draw labels in these proportions.
+            self.register_buffer("class_counts", torch.zeros(num_classes))
         self.nonfinite = NonFiniteGuard(nonfinite_loss)
         self._last_g_loss: Tensor | None = None
 
     # -- sampling --------------------------------------------------------------------------
 
-    def generate(self, z: Tensor, batch_size: int = 512, ema: bool = True) -> Tensor:
-        """Latents (N, latent_dim) -> images (N, C, S, S) in [-1, 1], in batches, by the EMA of G's
-        weights if there is one and ``ema``, else by G; in eval mode (BatchNorm running statistics)."""
+    @property
+    def num_classes(self) -> int:
+        """The classes G draws on request (0: an unconditional model)."""
+        return self.hparams.num_classes if self.hparams.conditional else 0
+
+    def generate(self, z: Tensor, labels: Tensor | None = None, batch_size: int = 512, ema: bool = True) -> Tensor:
+        """Latents (N, latent_dim) (and for a conditional model class labels (N,)) -> images
+        (N, C, S, S) in [-1, 1], in batches, by the EMA of G's weights if there is one and
+        ``ema``, else by G; in eval mode (BatchNorm running statistics)."""
         net = self.generator_ema.net if ema and self.generator_ema is not None else self.generator
         was_training = net.training
         net.eval()
+        chunks = [None] * math.ceil(len(z) / batch_size) if labels is None else labels.to(self.device).split(batch_size)
         try:
             with torch.inference_mode():
-                return torch.cat([net(chunk.to(self.device)) for chunk in z.split(batch_size)])
+                return torch.cat([net(c.to(self.device), y) for c, y in zip(z.split(batch_size), chunks, strict=True)])
         finally:
             net.train(was_training)
 
-    def forward(self, z: Tensor) -> Tensor:
-        return self.generate(z)
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.generate(z, labels)
+
+    def fixed_labels(self) -> Tensor | None:
+        """Labels of the fixed noise batch: one class per grid column (None: unconditional)."""
+        if not self.num_classes:
+            return None
+        return torch.arange(len(self.fixed_noise), device=self.device) % self.num_classes
 
     # -- training --------------------------------------------------------------------------
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        """One D update on the batch's images (N, C, S, S) in [-1, 1] (its labels (N,) are not
-        used), then one G update every ``d_steps_per_g`` batches. G runs forward once: D sees
-        ``fake.detach()``, G's update reuses ``fake``."""
+        """One D update on the batch's images (N, C, S, S) in [-1, 1], then one G update every
+        ``d_steps_per_g`` batches. G runs forward once: D sees ``fake.detach()``, G's update
+        reuses ``fake``. A conditional G draws the batch's labels (N,), the data's class mix."""
         hp = self.hparams
         real = batch[0].contiguous(memory_format=self.speed.memory_format)
+        labels = batch[1] if self.num_classes else None
         g_opt, d_opt = self.optimizers()  # type: ignore[misc]
         step = loop.batch_index(self.trainer)
         update_g = (step + 1) % hp.d_steps_per_g == 0
         noise_std = self.current_instance_noise(step)
+        if self._lr_factor is not None:  # from the batch count: a resume, even to more epochs, stays on schedule
+            for opt in (g_opt, d_opt):
+                for group in opt.param_groups:
+                    group["lr"] = group["initial_lr"] * self._lr_factor(step)
 
         z = torch.randn(real.shape[0], hp.latent_dim, device=real.device)
         with torch.set_grad_enabled(update_g):
-            fake = self.generator(z)
+            fake = self.generator(z, labels)
 
         self.toggle_optimizer(d_opt)
-        real_in, fake_in = _noisy(real, noise_std), _noisy(fake.detach(), noise_std)
-        real_logits, fake_logits = self.discriminator(real_in), self.discriminator(fake_in)
+        r1_due = hp.r1_weight > 0 and step % hp.r1_every == 0
+        real = real.detach().requires_grad_(r1_due)
+        real_logits, fake_logits = self.critic(real, labels, noise_std), self.critic(fake.detach(), labels, noise_std)
         d_loss = discriminator_loss(hp.loss, real_logits, fake_logits, hp.real_label, hp.fake_label)
         if hp.gp_weight > 0:
-            d_loss = d_loss + hp.gp_weight * gradient_penalty(self.discriminator, real_in, fake_in)
+            critic = lambda x: self.critic(x, labels, noise_std)  # noqa: E731
+            d_loss = d_loss + hp.gp_weight * gradient_penalty(critic, real, fake)
+        if r1_due:  # lazy (Karras et al. 2020): every r1_every batches, r1_every times the weight
+            d_loss = d_loss + hp.r1_weight * hp.r1_every * r1_penalty(real_logits, real)
         self.nonfinite.update(self, d_opt, d_loss, "d_loss", batch_idx)
         self.untoggle_optimizer(d_opt)
 
         if update_g:
             self.toggle_optimizer(g_opt)
-            g_loss = generator_loss(hp.loss, self.discriminator(_noisy(fake, noise_std)))
+            g_loss = generator_loss(hp.loss, self.critic(fake, labels, noise_std))
             self.nonfinite.update(self, g_opt, g_loss, "g_loss", batch_idx)
             self.untoggle_optimizer(g_opt)
             self._last_g_loss = g_loss.detach()
@@ -157,6 +214,10 @@ class DCGAN(L.LightningModule):
         if loop.logger_writes_now(self.trainer) or batch_idx + 1 == self.trainer.num_training_batches:
             self.nonfinite.check()  # before the values are logged, and before an epoch's checkpoints
             self._log_step(d_loss, real_logits, fake_logits, noise_std)
+
+    def critic(self, images: Tensor, labels: Tensor | None, noise_std: float) -> Tensor:
+        """D's logits (N,) of images as D sees them in training: with instance noise, augmented."""
+        return self.discriminator(self.augment(_noisy(images, noise_std)), labels)
 
     def current_instance_noise(self, step: int) -> float:
         """The std of the instance noise at batch ``step`` of the run."""
@@ -195,6 +256,17 @@ class DCGAN(L.LightningModule):
         # Before the Trainer moves the model to its device (which keeps the layout).
         self.speed.apply(self.generator, self.discriminator)
 
+    def setup(self, stage: str) -> None:
+        if self.num_classes and stage == "fit" and not self.class_counts.any():
+            counts = self.trainer.datamodule.label_counts()  # type: ignore[attr-defined]
+            require(
+                len(counts) == self.num_classes,
+                "model.num_classes",
+                self.num_classes,
+                f"does not match the {len(counts)} classes of the data",
+            )
+            self.class_counts.copy_(counts)
+
     def configure_optimizers(self) -> list[Optimizer]:
         if self.g_optimizer is None or self.d_optimizer is None:
             raise RuntimeError(
@@ -202,7 +274,13 @@ class DCGAN(L.LightningModule):
                 "pass g_optimizer and d_optimizer to train it"
             )
         g_opt, d_opt = (self.speed.optimizer_factory(f, self.device) for f in (self.g_optimizer, self.d_optimizer))
-        return [g_opt(self.generator.parameters()), d_opt(self.discriminator.parameters())]
+        optimizers = [g_opt(self.generator.parameters()), d_opt(self.discriminator.parameters())]
+        if self.lr_decay_start is not None:
+            self._lr_factor = linear_decay(self.lr_decay_start, int(self.trainer.estimated_stepping_batches))
+            for opt in optimizers:
+                for group in opt.param_groups:
+                    group["initial_lr"] = group["lr"]  # saved with the optimizer's state
+        return optimizers
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.nonfinite.check()  # a count that includes every batch saved
@@ -210,6 +288,18 @@ class DCGAN(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.nonfinite.skipped = int(checkpoint["nonfinite_skipped"])
+
+
+def linear_decay(start: float, total: int) -> Callable[[int], float]:
+    """The learning rate's factor at batch ``step`` of ``total``: 1 until ``start`` (a share of
+    the run), then down in a straight line to 0 at the end (Radford et al.'s DCGAN keeps it
+    constant; BigGAN-style recipes and pix2pix decay it)."""
+    begin = start * total
+
+    def factor(step: int) -> float:
+        return 1.0 if step < begin else max(0.0, (total - step) / max(1.0, total - begin))
+
+    return factor
 
 
 def _noisy(x: Tensor, std: float) -> Tensor:
@@ -230,11 +320,17 @@ def _check_settings(args: dict[str, Any]) -> None:
     gp_weight = args["gp_weight"]
     require(gp_weight >= 0, "model.gp_weight", gp_weight, "must be >= 0")
     require(loss != "wgan_gp" or gp_weight > 0, "model.gp_weight", gp_weight, "must be > 0 with loss=wgan_gp")
-    if gp_weight > 0 and args["d_norm"] == "batch":
-        raise UserInputError(
-            f"model.gp_weight={gp_weight} needs model.d_norm=none or spectral: the gradient penalty is "
-            "taken per image, and BatchNorm in D mixes the images of a batch"
-        )
+    require(args["r1_weight"] >= 0, "model.r1_weight", args["r1_weight"], "must be >= 0")
+    integer(args["r1_every"], "model.r1_every")
+    for key in ("gp_weight", "r1_weight"):
+        if args[key] > 0 and args["d_norm"] == "batch":
+            raise UserInputError(
+                f"model.{key}={args[key]} needs model.d_norm=none or spectral: the penalty is on each "
+                "image's gradient, and BatchNorm in D mixes the images of a batch"
+            )
+    require(isinstance(args["conditional"], bool), "model.conditional", args["conditional"], "must be true or false")
+    if args["conditional"]:
+        integer(args["num_classes"], "model.num_classes", 2)
     integer(args["d_steps_per_g"], "model.d_steps_per_g")
     require(args["instance_noise"] >= 0, "model.instance_noise", args["instance_noise"], "must be >= 0")
     steps = args["instance_noise_anneal_steps"]

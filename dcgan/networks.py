@@ -40,15 +40,49 @@ def stage_layout(image_size: int) -> tuple[int, int]:
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
-    """DCGAN initialisation: conv/linear weights ~ N(0, 0.02), BatchNorm scale ~ N(1, 0.02)."""
+    """DCGAN initialisation: conv/linear weights ~ N(0, 0.02), BatchNorm scale ~ N(1, 0.02)
+    (a conditional BatchNorm's per-class scales too)."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) and m.affine:
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+        elif isinstance(m, ConditionalBatchNorm):
+            nn.init.normal_(m.scale.weight, 1.0, 0.02)
+            nn.init.zeros_(m.shift.weight)
+
+
+class ConditionalBatchNorm(nn.Module):
+    """BatchNorm whose scale and shift are looked up per class (de Vries et al. 2017; Miyato &
+    Koyama 2018's generator): the class steers every stage of G, not only its input."""
+
+    def __init__(self, features: int, num_classes: int, dims: int = 2) -> None:
+        super().__init__()
+        self.norm = (nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d)(features, affine=False)
+        self.scale = nn.Embedding(num_classes, features)
+        self.shift = nn.Embedding(num_classes, features)
+
+    def forward(self, x: Tensor, labels: Tensor) -> Tensor:
+        """``labels``: class indices (N,), or weights over the classes (N, classes), which mix
+        the classes' scales and shifts (a path from one class to another)."""
+        shape = (x.shape[0], -1) + (1,) * (x.dim() - 2)
+        if labels.is_floating_point():
+            scale, shift = labels @ self.scale.weight, labels @ self.shift.weight
+        else:
+            scale, shift = self.scale(labels), self.shift(labels)
+        return self.norm(x) * scale.view(shape) + shift.view(shape)
+
+
+class _Stages(nn.Sequential):
+    """A Sequential that hands the class labels to the layers that take them."""
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        for layer in self:
+            x = layer(x, labels) if isinstance(layer, ConditionalBatchNorm) else layer(x)
+        return x
 
 
 class Generator(nn.Module):
@@ -57,7 +91,9 @@ class Generator(nn.Module):
     ``stem="conv"``: ConvTranspose from a 1x1 latent to the start grid (pytorch/examples).
     ``stem="dense"``: Linear -> reshape to the start grid (TensorFlow DCGAN tutorial).
     Then each stage is ConvTranspose(4, stride 2) + BatchNorm + ReLU; the last stage
-    outputs the image channels through Tanh.
+    outputs the image channels through Tanh. ``num_classes`` > 0: every BatchNorm is a
+    ``ConditionalBatchNorm`` and ``forward`` takes the labels. ``spectral``: spectral norm on
+    every layer's weight as well (Zhang et al. 2019, SAGAN), BatchNorm kept.
     """
 
     def __init__(
@@ -68,6 +104,8 @@ class Generator(nn.Module):
         width: int,
         max_width: int,
         stem: GeneratorStem = "conv",
+        num_classes: int = 0,
+        spectral: bool = False,
     ) -> None:
         super().__init__()
         start, stages = stage_layout(image_size)
@@ -76,21 +114,28 @@ class Generator(nn.Module):
         choice(stem, "model.g_stem", GENERATOR_STEMS)
         self.latent_dim = latent_dim
         self.stem_kind = stem
+        self.num_classes = num_classes
+
+        def norm(features: int, dims: int = 2) -> nn.Module:
+            if num_classes > 0:
+                return ConditionalBatchNorm(features, num_classes, dims)
+            return nn.BatchNorm2d(features) if dims == 2 else nn.BatchNorm1d(features)
+
         # Width at the input of stage i: width * 2**(stages - 1 - i), so the last stage
         # before the image has `width` channels and the start grid the most.
         widths = [min(width * 2 ** (stages - 1 - i), max_width) for i in range(stages)]
         c0 = widths[0]
         self.start = start
         if stem == "conv":
-            self.stem = nn.Sequential(
+            self.stem = _Stages(
                 nn.ConvTranspose2d(latent_dim, c0, kernel_size=start, stride=1, padding=0, bias=False),
-                nn.BatchNorm2d(c0),
+                norm(c0),
                 nn.ReLU(inplace=True),
             )
         else:
-            self.stem = nn.Sequential(
+            self.stem = _Stages(
                 nn.Linear(latent_dim, c0 * start * start, bias=False),
-                nn.BatchNorm1d(c0 * start * start),
+                norm(c0 * start * start, dims=1),
                 nn.ReLU(inplace=True),
                 nn.Unflatten(1, (c0, start, start)),
             )
@@ -98,18 +143,22 @@ class Generator(nn.Module):
         for i in range(stages - 1):
             blocks += [
                 nn.ConvTranspose2d(widths[i], widths[i + 1], 4, 2, 1, bias=False),
-                nn.BatchNorm2d(widths[i + 1]),
+                norm(widths[i + 1]),
                 nn.ReLU(inplace=True),
             ]
         blocks += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = _Stages(*blocks)
         init_dcgan_weights(self)
+        if spectral:
+            _spectral_norm(self)
 
-    def forward(self, z: Tensor) -> Tensor:
-        """(N, latent_dim) -> (N, C, S, S) in [-1, 1]."""
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        """(N, latent_dim) and, for a conditional G, class labels (N,) (or class weights (N, classes),
+        see ``ConditionalBatchNorm``) -> (N, C, S, S) in [-1, 1]."""
+        _check_labels(labels, self.num_classes, "G")
         if self.stem_kind == "conv":
             z = z.view(z.shape[0], self.latent_dim, 1, 1)
-        return self.blocks(self.stem(z))
+        return self.blocks(self.stem(z, labels), labels)
 
 
 class Discriminator(nn.Module):
@@ -121,7 +170,9 @@ class Discriminator(nn.Module):
     ``norm="spectral"`` drops the BatchNorms and divides every conv's weight by its largest
     singular value (one power iteration per training forward), bounding D's Lipschitz
     constant; ``norm="none"`` drops them (WGAN-GP's penalty is per image, BatchNorm mixes
-    the images of a batch).
+    the images of a batch). ``num_classes`` > 0: a projection discriminator (Miyato & Koyama
+    2018): the logit gains the inner product of a class embedding with D's features summed
+    over the start grid, and ``forward`` takes the labels.
     """
 
     def __init__(
@@ -132,6 +183,7 @@ class Discriminator(nn.Module):
         max_width: int,
         dropout: float = 0.0,
         norm: str = "batch",
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         start, stages = stage_layout(image_size)
@@ -152,12 +204,39 @@ class Discriminator(nn.Module):
             in_ch = out_ch
         layers.append(nn.Conv2d(in_ch, 1, kernel_size=start, stride=1, padding=0, bias=False))
         self.net = nn.Sequential(*layers)
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes, in_ch) if num_classes > 0 else None
         init_dcgan_weights(self)
         if norm == "spectral":
-            for layer in self.net:
-                if isinstance(layer, nn.Conv2d):
-                    nn.utils.parametrizations.spectral_norm(layer)
+            _spectral_norm(self)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(N, C, S, S) in [-1, 1] -> (N,) logits."""
-        return self.net(x).flatten()
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """(N, C, S, S) in [-1, 1] and, for a conditional D, class labels (N,) -> (N,) logits."""
+        _check_labels(labels, self.num_classes, "D")
+        if self.embed is None:
+            return self.net(x).flatten()
+        *body, head = self.net
+        for layer in body:
+            x = layer(x)
+        projection = (self.embed(labels) * x.sum(dim=(2, 3))).sum(dim=1)
+        return head(x).flatten() + projection
+
+
+def _spectral_norm(net: nn.Module) -> None:
+    """Spectral normalisation of every conv, linear and embedding weight of ``net``."""
+    for layer in list(net.modules()):
+        if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d | nn.Linear | nn.Embedding) and not (
+            isinstance(layer, nn.Embedding) and _in_conditional_norm(net, layer)
+        ):
+            nn.utils.parametrizations.spectral_norm(layer)
+
+
+def _in_conditional_norm(net: nn.Module, layer: nn.Module) -> bool:
+    return any(layer is m.scale or layer is m.shift for m in net.modules() if isinstance(m, ConditionalBatchNorm))
+
+
+def _check_labels(labels: Tensor | None, num_classes: int, net: str) -> None:
+    if num_classes == 0 and labels is not None:
+        raise ValueError(f"this {net} is unconditional and takes no labels")
+    if num_classes > 0 and labels is None:
+        raise ValueError(f"this {net} is class-conditional: pass labels (N,) in [0, {num_classes})")

@@ -46,6 +46,17 @@ log = logging.getLogger(__name__)
 INTERRUPTED_CKPT = "interrupted.ckpt"
 # The checkpoints a resume may continue from; the one with the most training wins.
 RESUMABLE = (INTERRUPTED_CKPT, "last.ckpt")
+# Model settings added after version 0.1's checkpoints, with the value that reproduces them:
+# older checkpoints load, resume and generate as they were trained.
+ADDED_SETTINGS: dict[str, Any] = {
+    "g_spectral": False,
+    "conditional": False,
+    "num_classes": 0,
+    "r1_weight": 0.0,
+    "r1_every": 1,
+    "augment": [],
+}
+
 # Hyperparameters that change the shape of a saved tensor: a checkpoint only loads into a
 # model that agrees on all of them.
 SHAPE_KEYS: tuple[str, ...] = (
@@ -57,6 +68,9 @@ SHAPE_KEYS: tuple[str, ...] = (
     "max_width",
     "g_stem",
     "d_norm",
+    "g_spectral",
+    "conditional",
+    "num_classes",
     "num_fixed_samples",
 )
 _ABSENT = object()
@@ -93,7 +107,9 @@ class Checkpoint:
 
     @property
     def hparams(self) -> dict[str, Any]:
-        return dict(self.data["hyper_parameters"])
+        """The model's settings; those added after the checkpoint was written take the value
+        that trained it (``ADDED_SETTINGS``)."""
+        return ADDED_SETTINGS | dict(self.data["hyper_parameters"])
 
     @property
     def epochs_trained(self) -> int:

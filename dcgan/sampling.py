@@ -64,10 +64,30 @@ def latents(n: int, latent_dim: int, seed: int, start: int = 0) -> Tensor:
     return out
 
 
-def generate_uint8(model: DCGAN, z: Tensor, batch_size: int, ema: bool) -> Tensor:
-    """Latents (N, latent_dim) -> uint8 images (N, C, S, S) on the CPU, G (or its average, if
-    ``ema`` and the model has one) in eval mode."""
-    return to_uint8(model.generate(z, batch_size=batch_size, ema=ema)).cpu()
+def class_labels(n: int, counts: Tensor, seed: int) -> Tensor:
+    """``n`` class labels (n,) in the proportions of ``counts`` (images per class): each class
+    gets its share of ``n`` rounded (largest remainders first), in an order shuffled by ``seed``.
+    Stratified rather than drawn, so a conditional model's FID does not vary with the luck of
+    the labels."""
+    share = counts.double() / counts.sum() * n
+    per_class = share.floor().long()
+    rest = n - int(per_class.sum())
+    per_class[torch.argsort(share - per_class, descending=True, stable=True)[:rest]] += 1
+    labels = torch.repeat_interleave(torch.arange(len(counts)), per_class)
+    return labels[torch.randperm(n, generator=torch.Generator().manual_seed(_latent_seed(seed, -2)))]
+
+
+def class_rows(z: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Latents (C, D) -> a grid's inputs for a conditional G, one row per class and one latent
+    per column: latents (classes * C, D) and labels (classes * C,)."""
+    labels = torch.arange(num_classes).repeat_interleave(len(z))
+    return z.repeat(num_classes, 1), labels
+
+
+def generate_uint8(model: DCGAN, z: Tensor, labels: Tensor | None, batch_size: int, ema: bool) -> Tensor:
+    """Latents (N, latent_dim) (and a conditional model's labels (N,)) -> uint8 images
+    (N, C, S, S) on the CPU, G (or its average, if ``ema`` and the model has one) in eval mode."""
+    return to_uint8(model.generate(z, labels, batch_size=batch_size, ema=ema)).cpu()
 
 
 # --------------------------------------------------------------------------------------------

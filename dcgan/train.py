@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from dcgan import loop
 from dcgan.callbacks import FIDCallback
 from dcgan.cli import instantiate_node
+from dcgan.datasets import ImageDataModule
 from dcgan.errors import TrainingDiverged, TrainingInterrupted, UserInputError
 from dcgan.files import atomic_path
 from dcgan.module import DCGAN, OptimizerFactory
@@ -86,7 +87,17 @@ def build(
     g_opt, d_opt = build_optimizer(cfg, "generator"), build_optimizer(cfg, "discriminator")
     datamodule: L.LightningDataModule = instantiate_node(cfg.dataset, "dataset")
     speed = instantiate_node(cfg.speed, "speed")
-    model: DCGAN = instantiate_node(cfg.model, "model", g_optimizer=g_opt, d_optimizer=d_opt, speed=speed)
+    # A conditional model's classes are the dataset's (a folder's are found by listing it).
+    num_classes = _dataset_classes(datamodule) if cfg.model.get("conditional") is True else 0
+    model: DCGAN = instantiate_node(
+        cfg.model,
+        "model",
+        num_classes=num_classes,
+        g_optimizer=g_opt,
+        d_optimizer=d_opt,
+        speed=speed,
+        lr_decay_start=cfg.optimizer.get("lr_decay_start"),
+    )
     callbacks = [
         instantiate_node(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items() if c is not None
     ]
@@ -111,6 +122,18 @@ def build(
             "to SLURM (hydra/launcher=slurm), where SLURM starts the processes"
         )
     return datamodule, model, trainer
+
+
+def _dataset_classes(datamodule: ImageDataModule) -> int:
+    names = datamodule.classes()
+    if not names:
+        raise UserInputError(
+            f"model.conditional=true needs labelled images, and {datamodule.source} has no classes: put each "
+            "class's images in its own top-level subfolder (<folder>/<class>/<image>), or train unconditionally"
+        )
+    if len(names) < 2:
+        raise UserInputError(f"model.conditional=true needs 2 or more classes; {datamodule.source} has one: {names[0]}")
+    return len(names)
 
 
 def _processes_started_externally(trainer: L.Trainer) -> bool:
@@ -255,6 +278,8 @@ def _train(cfg: DictConfig, output_dir: Path, resumed: ResumedRun | None) -> dic
         "fid_best": fid.best_fid if fid is not None and math.isfinite(fid.best_fid) else None,
         "best_epoch": fid.best_epoch if fid is not None and fid.best_epoch else None,
         "fid_num_samples": getattr(fid, "num_samples", None),
+        # best.ckpt's FID on the split it was not chosen by (eval.final_split), at eval.final_num_samples
+        "fid_final": getattr(fid, "final_fid", None),
         "metrics": metrics,
         "optimized_metric": cfg.get("optimized_metric"),
     }

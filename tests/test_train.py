@@ -50,14 +50,14 @@ def test_run_logs_fid_and_keeps_the_best_weights(smoke_run: Path) -> None:
     fids = [e.value for e in acc.Scalars("val/fid")]
     assert len(fids) == 2 and all(0 < f < 1000 for f in fids)  # one evaluation per epoch
     assert [e.value for e in acc.Scalars("val/fid_best")] == pytest.approx([fids[0], min(fids)])
-    records = [json.loads(line) for line in (smoke_run / "fid.jsonl").read_text().splitlines()]
+    *records, final = [json.loads(line) for line in (smoke_run / "fid.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert [r["fid"] for r in records] == pytest.approx(fids)
     first = records[0]
     assert (first["num_samples"], first["num_reference"]) == (32, 64)
     assert first["reference"] | {"feature_network": "-"} == {
         "dataset": "mnist",
-        "split": "test",
+        "split": "train",  # best.ckpt is chosen on training images; the test split reports
         "image_size": 28,
         "channels": 1,
         "num_samples": 64,
@@ -69,6 +69,12 @@ def test_run_logs_fid_and_keeps_the_best_weights(smoke_run: Path) -> None:
     best_epoch = 1 + fids.index(min(fids))
     assert best["callbacks"]["FIDCallback"] == {"best_fid": pytest.approx(min(fids)), "best_epoch": best_epoch}
     assert best["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == best_epoch
+    # After training: the chosen weights once against the test split, which the choice never saw.
+    assert (final["checkpoint"], final["epoch"], final["selected_by"]["fid"]) == ("best.ckpt", best_epoch, min(fids))
+    assert (final["num_samples"], final["num_reference"], final["reference"]["split"]) == (32, 64, "test")
+    assert final["fid"] != pytest.approx(min(fids))  # another reference, another number
+    record = json.loads((smoke_run / "metrics.json").read_text())
+    assert record["fid_final"] == pytest.approx(final["fid"]) and record["fid_best"] == pytest.approx(min(fids))
 
 
 def test_score_command_prints_one_json_line(smoke_run: Path) -> None:
@@ -85,9 +91,9 @@ def test_score_command_prints_one_json_line(smoke_run: Path) -> None:
     assert (record["num_samples"], record["num_reference"], record["reference"]["split"]) == (32, 64, "test")
     assert json.loads(Path(record["out"]).read_text())["fid"] == record["fid"]
     assert Path(record["out"]) == (smoke_run / "eval" / "fid-best-n32-test.json").resolve()
-    # Same generator, latents and reference as in training: the same FID as the best epoch's.
-    best = min(json.loads(line)["fid"] for line in (smoke_run / "fid.jsonl").read_text().splitlines())
-    assert record["fid"] == pytest.approx(best, rel=1e-4)
+    # Same generator, latents and reference as the score at the end of training: the same FID.
+    final = json.loads((smoke_run / "fid.jsonl").read_text().splitlines()[-1])
+    assert record["fid"] == pytest.approx(final["fid"], rel=1e-4)
 
 
 def test_checkpoint_alone_rebuilds_the_generator(smoke_run: Path) -> None:
@@ -298,7 +304,7 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path, data_dir: Path, fid_weights: P
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # Lightning's re-launched process shares it
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch_0001.png", "epoch_0002.png"]
-    assert len((run / "fid.jsonl").read_text().splitlines()) == 2  # written once, by rank 0
+    assert len((run / "fid.jsonl").read_text().splitlines()) == 3  # 2 epochs and the final score, by rank 0
     logs = [(run / "train.log").read_text(), (run / "train_ddp_process_1.log").read_text()]
     fids = [re.findall(rf"Epoch (\d): rank {rank} of 2: FID (\S+)", text) for rank, text in enumerate(logs)]
     assert len(fids[0]) == 2 and fids[0] == fids[1]

@@ -49,7 +49,7 @@ from dcgan.cli import exit_with
 from dcgan.datasets import ImageDataModule
 from dcgan.errors import ReportedError, UserInputError
 from dcgan.images import to_unit_range
-from dcgan.losses import discriminator_loss, generator_loss, gradient_penalty
+from dcgan.losses import discriminator_loss, generator_loss, gradient_penalty, r1_penalty
 from dcgan.metrics import FEATURE_DIM, FIDScorer, InceptionFeatures, load_inception
 from dcgan.module import DCGAN, EMA
 from dcgan.sampling import latents
@@ -197,7 +197,8 @@ def plain_rate(
     compiled: ``nn.Module.compile`` is not copied), the same optimizer factories, losses,
     labels, batch size and in-memory uint8 data, and the same work per step (one G forward;
     D's weights frozen during G's backward; G updated every ``d_steps_per_g`` batches; the
-    gradient penalty and the average of G's weights if the model has them), run with ``speed``
+    gradient penalty, R1, DiffAugment, class labels and the average of G's weights if the model
+    has them), run with ``speed``
     and under ``autocast``."""
     g, d = copy.deepcopy(model.generator).to(device), copy.deepcopy(model.discriminator).to(device)
     speed.apply(g, d)
@@ -216,22 +217,33 @@ def plain_rate(
             index = torch.randint(0, len(images), (b,), generator=generator).to(device)
             yield to_unit_range(images.index_select(0, index)).contiguous(memory_format=speed.memory_format)
 
+    classes, augment = model.num_classes, model.augment
+
+    def critic(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        return d(augment(x), y)
+
     def step(real: torch.Tensor, i: int) -> None:
         update_g = (i + 1) % hp.d_steps_per_g == 0
+        r1_due = hp.r1_weight > 0 and i % hp.r1_every == 0
+        y = torch.randint(0, classes, (len(real),), device=device) if classes else None
         with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
             z = torch.randn(len(real), hp.latent_dim, device=device)
             with torch.set_grad_enabled(update_g):
-                fake = g(z)
-            d_loss = discriminator_loss(hp.loss, d(real), d(fake.detach()), hp.real_label, hp.fake_label)
+                fake = g(z, y)
+            real = real.requires_grad_(r1_due)
+            real_logits = critic(real, y)
+            d_loss = discriminator_loss(hp.loss, real_logits, critic(fake.detach(), y), hp.real_label, hp.fake_label)
             if hp.gp_weight > 0:
-                d_loss = d_loss + hp.gp_weight * gradient_penalty(d, real, fake.detach())
+                d_loss = d_loss + hp.gp_weight * gradient_penalty(lambda x: critic(x, y), real, fake.detach())
+            if r1_due:
+                d_loss = d_loss + hp.r1_weight * hp.r1_every * r1_penalty(real_logits, real)
             d_opt.zero_grad(set_to_none=True)
             d_loss.backward()
             d_opt.step()
             if not update_g:
                 return
             d.requires_grad_(False)  # G's step needs no gradients of D's weights (the module's
-            g_loss = generator_loss(hp.loss, d(fake))  # toggle_optimizer does the same)
+            g_loss = generator_loss(hp.loss, critic(fake, y))  # toggle_optimizer does the same)
             g_opt.zero_grad(set_to_none=True)
             g_loss.backward()
             g_opt.step()
@@ -289,8 +301,9 @@ def fid_records(
     # evaluation's cost; stand-in features of the right shape cost the same to compare.
     scorer = FIDScorer(extractor, torch.randn(n, FEATURE_DIM), n, n)
     z = latents(n, model.hparams.latent_dim, seed=0)
+    labels = torch.arange(n) % model.num_classes if model.num_classes else None
     start = time.perf_counter()
-    scorer.score(model.generate, z)
+    scorer.score(model.generate, z, labels)
     synchronize(device)
     return {
         "fid_features_images_per_s": round(features_per_s, 2),

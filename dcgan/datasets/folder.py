@@ -211,6 +211,11 @@ class FolderData(ImageDataModule):
     def source(self) -> str:
         return str(self.path)
 
+    def classes(self) -> list[str] | None:
+        if self.class_names is None:
+            self.class_names = folder_classes(self.path, find_images(self.path))[0]
+        return self.class_names
+
     def load(self) -> InMemory | ImageFolderDataset:
         files = find_images(self.path)
         self.class_names, labels = folder_classes(self.path, files)

@@ -159,6 +159,18 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     def reference_id(self) -> tuple[str, str]:
         """(split, fingerprint): what, besides the settings, identifies the images for FID's cache."""
 
+    def classes(self) -> list[str] | None:
+        """The class names (label i is ``classes()[i]``), known before ``setup``; None: no classes."""
+        return self.class_names
+
+    def label_counts(self) -> Tensor:
+        """Images per class (after ``setup``), float (classes,)."""
+        names = self.classes()
+        assert names, "a source without classes has no label counts"
+        streamed = self.data is None
+        labels = torch.as_tensor(self.dataset.labels) if streamed else self.data.labels.cpu()  # type: ignore[union-attr]
+        return torch.bincount(labels, minlength=len(names)).float()
+
     def copy(self, **changes: Any) -> ImageDataModule:
         """This source with other settings."""
         settings = {k: v for k, v in self.hparams.items() if k != "_target_"}
