@@ -76,7 +76,7 @@ class DCGAN(L.LightningModule):
         d_norm: str,
         g_spectral: bool,
         conditional: bool,
-        num_classes: int,
+        num_classes: int | None,
         loss: str,
         gp_weight: float,
         r1_weight: float,
@@ -112,6 +112,7 @@ class DCGAN(L.LightningModule):
         self.lr_decay_start = lr_decay_start
         self._lr_factor: Callable[[int], float] | None = None
         classes = num_classes if conditional else 0
+        assert classes is not None  # checked by _check_settings
         self.generator = Generator(
             image_size,
             channels,

@@ -51,7 +51,7 @@ RESUMABLE = (INTERRUPTED_CKPT, "last.ckpt")
 ADDED_SETTINGS: dict[str, Any] = {
     "g_spectral": False,
     "conditional": False,
-    "num_classes": 0,
+    "num_classes": None,
     "r1_weight": 0.0,
     "r1_every": 1,
     "augment": [],

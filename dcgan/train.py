@@ -88,7 +88,7 @@ def build(
     datamodule: L.LightningDataModule = instantiate_node(cfg.dataset, "dataset")
     speed = instantiate_node(cfg.speed, "speed")
     # A conditional model's classes are the dataset's (a folder's are found by listing it).
-    num_classes = _dataset_classes(datamodule) if cfg.model.get("conditional") is True else 0
+    num_classes = _dataset_classes(datamodule) if cfg.model.get("conditional") is True else None
     model: DCGAN = instantiate_node(
         cfg.model,
         "model",

@@ -23,7 +23,7 @@ TINY = {
     "d_norm": "batch",
     "g_spectral": False,
     "conditional": False,
-    "num_classes": 0,
+    "num_classes": None,
     "loss": "ns",
     "gp_weight": 0.0,
     "r1_weight": 0.0,
