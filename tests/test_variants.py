@@ -238,6 +238,7 @@ def conditional_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) ->
     return run_dir
 
 
+@pytest.mark.slow
 def test_a_conditional_run_trains_resumes_and_draws_one_row_per_class(conditional_run: Path, tmp_path: Path) -> None:
     ckpt = torch.load(conditional_run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["conditional"] and ckpt["hyper_parameters"]["num_classes"] == 10
@@ -274,6 +275,7 @@ def test_a_conditional_run_trains_resumes_and_draws_one_row_per_class(conditiona
         gen("mode=fid", "class=1")
 
 
+@pytest.mark.slow
 def test_class_on_an_unconditional_checkpoint_is_refused(smoke_run: Path, tmp_path: Path) -> None:
     from dcgan.generate import generate
 
@@ -296,6 +298,7 @@ def test_conditional_training_needs_classes(tmp_path: Path, compose_cfg: Callabl
     assert model.num_classes == 2
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_the_variants_still_loads(smoke_run: Path, tmp_path: Path) -> None:
     from dcgan.run import ADDED_SETTINGS, Checkpoint
 
