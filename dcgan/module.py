@@ -160,12 +160,6 @@ class DCGAN(L.LightningModule):
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.generate(z, labels)
 
-    def fixed_labels(self) -> Tensor | None:
-        """Labels of the fixed noise batch: one class per grid column (None: unconditional)."""
-        if not self.num_classes:
-            return None
-        return torch.arange(len(self.fixed_noise), device=self.device) % self.num_classes
-
     # -- training --------------------------------------------------------------------------
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

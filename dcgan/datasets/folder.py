@@ -206,6 +206,7 @@ class FolderData(ImageDataModule):
         if not path:
             raise UserInputError("dataset=folder needs dataset.path=<folder of images>")
         self.path = path
+        self._listing: list[Path] | None = None
 
     @property
     def source(self) -> str:
@@ -213,11 +214,17 @@ class FolderData(ImageDataModule):
 
     def classes(self) -> list[str] | None:
         if self.class_names is None:
-            self.class_names = folder_classes(self.path, find_images(self.path))[0]
+            self.class_names = folder_classes(self.path, self._files())[0]
         return self.class_names
 
+    def _files(self) -> list[Path]:
+        """The folder's images, listed once (a conditional run asks for its classes before loading)."""
+        if self._listing is None:
+            self._listing = find_images(self.path)
+        return self._listing
+
     def load(self) -> InMemory | ImageFolderDataset:
-        files = find_images(self.path)
+        files = self._files()
         self.class_names, labels = folder_classes(self.path, files)
         dataset = ImageFolderDataset(files, labels, self.image_size, self.channels)
         if not self.holds_in_memory(len(files)):
