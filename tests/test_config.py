@@ -32,7 +32,8 @@ def test_groups_hold_the_documented_options() -> None:
     assert options("trainer") == ["cpu", "ddp", "ddp_cpu", "default", "gpu"]
     assert options("logger") == ["csv", "tensorboard"]
     assert options("experiment") == [
-        "fashion128", "fashion28", "fashion64", "folder64", "mnist28", "smoke", "sweep_mnist28"
+        "fashion128", "fashion28", "fashion64", "folder64", "mnist28", "mnist28_best", "mnist28_cond", "smoke",
+        "sweep_mnist28",
     ]  # fmt: skip
     assert options("hparams_search") == ["optuna_fid"]
 
