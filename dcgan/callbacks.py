@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from dcgan import loop
+from dcgan.classifier import ClassifierKey, ClassifierScorer, classifies, load_classifier, reference_scorer
 from dcgan.datasets import SPLITS, ImageDataModule
 from dcgan.errors import choice, integer, require
 from dcgan.files import save_png
@@ -154,6 +155,7 @@ class FIDCallback(L.Callback):
         reference_samples: int | None,
         batch_size: int | str,
         kid: bool,
+        precision_recall: bool,
         seed: int,
         final_split: str | None,
         final_num_samples: int,
@@ -173,7 +175,7 @@ class FIDCallback(L.Callback):
         self.cache_dir = cache_dir
         self.reference_split = reference_split
         self.reference_samples = reference_samples
-        self.kid = kid
+        self.kid, self.precision_recall = kid, precision_recall
         self.seed = seed
         # Loaded now, so missing or corrupt weights fail before any data is read.
         self.extractor = InceptionFeatures(weights, batch_size)
@@ -198,13 +200,18 @@ class FIDCallback(L.Callback):
         self.extractor.to(device)
         features, self.key = self._reference(trainer, self.reference_split)
         rank, world = trainer.global_rank, trainer.world_size
+        self.rank_world = (rank, world)
         self.num_reference = len(features)
-        self.scorer = FIDScorer(
-            self.extractor, shard(features, rank, world), len(features), self.num_samples, kid=self.kid
-        )
+        self.scorer = self._scorer(features, self.num_samples)
         assert isinstance(pl_module, DCGAN)
         self.latents = shard(latents(self.num_samples, pl_module.hparams.latent_dim, self.seed), rank, world)
-        self.rank_world = (rank, world)
+
+    def _scorer(self, features: torch.Tensor, num_samples: int) -> FIDScorer:
+        """A scorer against ``features`` (all processes'), fed this process's share."""
+        rank, world = self.rank_world
+        prc_real = features if self.precision_recall else None
+        share = shard(features, rank, world)
+        return FIDScorer(self.extractor, share, len(features), num_samples, kid=self.kid, prc_real=prc_real)
 
     def _reference(self, trainer: L.Trainer, split: str) -> tuple[torch.Tensor, ReferenceKey]:
         reference = trainer.datamodule.reference(split)  # type: ignore[attr-defined]
@@ -237,7 +244,7 @@ class FIDCallback(L.Callback):
         features, key = self._reference(trainer, self.final_split)
         model = CheckpointFile.read(best).model(trainer.strategy.root_device)
         n, (rank, world) = self.final_num_samples, self.rank_world
-        scorer = FIDScorer(self.extractor, shard(features, rank, world), len(features), n, kid=self.kid)
+        scorer = self._scorer(features, n)
         z = shard(latents(n, model.hparams.latent_dim, self.seed), rank, world)
         result = scorer.score(model.generate, z, self._labels(model, n))
         self.final_fid = result["fid"]
@@ -280,6 +287,9 @@ class FIDCallback(L.Callback):
         pl_module.log("val/fid", result["fid"], on_step=False, on_epoch=True, sync_dist=True)
         if "kid_mean" in result:
             pl_module.log("val/kid", result["kid_mean"], on_step=False, on_epoch=True, sync_dist=True)
+        for key in ("precision", "recall"):
+            if key in result:
+                pl_module.log(f"val/{key}", result[key], on_step=False, on_epoch=True, sync_dist=True)
         improved = result["fid"] < self.best_fid
         if improved:
             self.best_fid, self.best_epoch = result["fid"], epoch
@@ -311,3 +321,120 @@ class FIDCallback(L.Callback):
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
         self.best_fid = float(state_dict["best_fid"])
         self.best_epoch = int(state_dict["best_epoch"])
+
+
+class ClassifierCallback(L.Callback):
+    """What G draws, by a classifier of the dataset's classes (``dcgan.classifier``; MNIST and
+    Fashion-MNIST, trained once and cached in ``cache_dir``): every ``every_n_epochs`` epochs
+    (and the last), ``num_samples`` images from fixed latents (``seed``; a conditional G's labels
+    in the training proportions) give ``val/fid_lenet`` (a Fréchet distance of the classifier's
+    features against the same real images as FID: not FID), ``val/classes_covered``,
+    ``val/class_kl``, the class histogram (TensorBoard) and, for a conditional G,
+    ``val/cond_accuracy``; each evaluation is a JSON line of ``metrics_file``. Cheap: seconds
+    for 10,000 images on a CPU, so it can run every epoch."""
+
+    def __init__(
+        self,
+        *,
+        metrics_file: str | Path,
+        every_n_epochs: int,
+        num_samples: int,
+        cache_dir: str | Path,
+        reference_split: str,
+        reference_samples: int | None,
+        seed: int,
+        train_samples: int | None = None,
+    ) -> None:
+        choice(reference_split, "eval.reference_split", SPLITS)
+        if train_samples is not None:
+            integer(train_samples, "eval.classifier_train_samples", 100)
+        self.train_samples = train_samples
+        self.metrics_file = Path(metrics_file)
+        self.every_n_epochs = integer(every_n_epochs, "eval.classifier_every_n_epochs")
+        self.num_samples = integer(num_samples, "eval.classifier_num_samples", 200)
+        self.cache_dir, self.reference_split, self.reference_samples = cache_dir, reference_split, reference_samples
+        self.seed = seed
+        self.scorer: ClassifierScorer | None = None
+        self.enabled = True
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.scorer is not None or not self.enabled:
+            return
+        datamodule = trainer.datamodule
+        if not isinstance(datamodule, ImageDataModule) or not classifies(datamodule.name):
+            self.enabled = False
+            log.info(
+                "no classifier of %s: class coverage is measured on MNIST and Fashion-MNIST",
+                getattr(datamodule, "source", "this data"),
+            )
+            return
+        key = ClassifierKey(datamodule.name, train_samples=self.train_samples)
+        root = datamodule.root  # type: ignore[attr-defined]
+        # Rank 0 trains (or loads) and caches it; the others then read the cache.
+        if trainer.is_global_zero:
+            classifier = load_classifier(datamodule.name, root, self.cache_dir, key)
+        trainer.strategy.barrier("classifier")
+        if not trainer.is_global_zero:
+            classifier = load_classifier(datamodule.name, root, self.cache_dir, key)
+        classifier.net.to(trainer.strategy.root_device)
+        rank, world = trainer.global_rank, trainer.world_size
+        reference = datamodule.reference(self.reference_split)
+        self.scorer = reference_scorer(classifier, reference, self.reference_samples, rank, world)
+        n = min(len(reference), self.reference_samples or len(reference))
+        self.real = f"{n} {datamodule.name} {self.reference_split} images"
+        assert isinstance(pl_module, DCGAN)
+        self.latents = shard(latents(self.num_samples, pl_module.hparams.latent_dim, self.seed), rank, world)
+        self.labels = None
+        if pl_module.num_classes:
+            self.labels = shard(class_labels(self.num_samples, self.scorer.real_counts.float(), self.seed), rank, world)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.scorer is None or not _due(trainer, self.every_n_epochs):
+            return
+        assert isinstance(pl_module, DCGAN)
+        start = time.perf_counter()
+        result = self.scorer.score(pl_module.generate, self.latents, self.labels)
+        seconds = time.perf_counter() - start
+        for key in ("fid_lenet", "classes_covered", "class_kl", "cond_accuracy"):
+            if key in result:
+                pl_module.log(f"val/{key}", float(result[key]), on_step=False, on_epoch=True, sync_dist=True)  # type: ignore[arg-type]
+        if not trainer.is_global_zero:
+            return
+        epoch, step = trainer.current_epoch + 1, loop.batches_trained(trainer)
+        histogram = torch.tensor(result["class_histogram"], dtype=torch.float64)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                _add_class_histogram(logger, histogram, step)
+        record = {
+            "epoch": epoch,
+            "batches": step,
+            **result,
+            "num_samples": self.num_samples,
+            "reference": self.real,
+            "seconds": round(seconds, 2),
+        }
+        self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.metrics_file.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        conditional = f", conditional accuracy {result['cond_accuracy']:.3f}" if "cond_accuracy" in result else ""
+        log.info(
+            f"Epoch {epoch}: classes covered {result['classes_covered']}/{len(histogram)}, class KL "
+            f"{result['class_kl']:.4f}{conditional}, fid_lenet {result['fid_lenet']:.3f} ({self.num_samples} "
+            f"generated vs {self.real}, {seconds:.1f} s)"
+        )
+
+
+def _add_class_histogram(logger: TensorBoardLogger, counts: torch.Tensor, step: int) -> None:
+    """The predicted classes of the generated images as a TensorBoard histogram (one bucket per class)."""
+    classes = torch.arange(len(counts), dtype=torch.float64)
+    logger.experiment.add_histogram_raw(
+        "val/classes",
+        min=0.0,
+        max=float(len(counts) - 1),
+        num=int(counts.sum()),
+        sum=float((classes * counts).sum()),
+        sum_squares=float((classes**2 * counts).sum()),
+        bucket_limits=(classes + 0.5).tolist(),
+        bucket_counts=counts.tolist(),
+        global_step=step,
+    )

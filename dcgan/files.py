@@ -121,10 +121,12 @@ def save_gif(frames: Sequence[Image.Image], path: str | Path, frame_ms: int, sca
 class NpzWriter:
     """Streams uint8 images into an ``.npz`` holding one array ``arr_0`` (N, H, W, C), written
     batch by batch so N = 50,000 never sits in memory; the layout of ``np.savez(path, images)``
-    that FID tools read. The file appears only when all N images have been written."""
+    that FID tools read. ``labels`` (N,), if given, are stored as a second array ``labels``.
+    The file appears only when all N images have been written."""
 
-    def __init__(self, path: str | Path, shape: tuple[int, int, int, int]) -> None:
+    def __init__(self, path: str | Path, shape: tuple[int, int, int, int], labels: np.ndarray | None = None) -> None:
         self.path, self.shape, self.written = Path(path), shape, 0
+        self.labels = labels
         self._atomic = atomic_path(self.path)
 
     def __enter__(self) -> NpzWriter:
@@ -149,6 +151,9 @@ class NpzWriter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._file.close()
+        if exc_type is None and self.labels is not None:
+            with self._zip.open("labels.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, self.labels, allow_pickle=False)
         self._zip.close()
         if exc_type is None and self.written != self.shape[0]:
             exc = RuntimeError(f"{self.path}: {self.written} images written, {self.shape[0]} announced")

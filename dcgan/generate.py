@@ -29,7 +29,9 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 
+from dcgan.classifier import ClassifierKey, ClassifierScorer, classifies, load_classifier, reference_scorer
 from dcgan.cli import instantiate_node
+from dcgan.datasets import ImageDataModule
 from dcgan.errors import UserInputError, choice, integer, positive_number, require
 from dcgan.files import NpzWriter, atomic_dir, atomic_path, save_gif, save_png
 from dcgan.images import grid, to_pil
@@ -117,8 +119,11 @@ class Generation:
             raise UserInputError("samples.png=false and samples.npz=false: nothing to write; enable one of them")
         name = f"samples-{self.tag}-seed{self.seed}{self.class_tag}"
         channels = self.model.hparams.channels
-        # A conditional model without class=: the training set's class proportions.
+        # A conditional model draws class= or else the training set's class proportions; its
+        # labels go beside the images (labels.csv in the folder, array `labels` in the npz).
         labels = sample_labels(self.model, n, self.seed) if self.label is None else None
+        if labels is None and self.label is not None:
+            labels = torch.full((n,), self.label)
         shape = (n, self.image_size, self.image_size, channels)
         digits = max(6, len(str(n - 1)))
         folder, npz = self.out_dir / name, self.out_dir / f"{name}.npz"
@@ -126,7 +131,13 @@ class Generation:
         # Batch by batch into a temporary folder / npz that replace the old ones only when complete.
         with contextlib.ExitStack() as stack:
             tmp = stack.enter_context(atomic_dir(folder)) if cfg.png else None
-            writer = stack.enter_context(NpzWriter(npz, shape)) if cfg.npz else None
+            stored = labels.numpy().astype(np.int64) if labels is not None else None
+            writer = stack.enter_context(NpzWriter(npz, shape, stored)) if cfg.npz else None
+            if tmp is not None and labels is not None:
+                with (tmp / "labels.csv").open("w", newline="") as f:
+                    csv.writer(f).writerows(
+                        [("file", "label")] + [(f"{i:0{digits}d}.png", int(y)) for i, y in enumerate(labels)]
+                    )
             for start in range(0, n, self.batch_size):
                 count = min(self.batch_size, n - start)
                 batch_labels = labels[start : start + count] if labels is not None else None
@@ -247,6 +258,20 @@ def sample_labels(model: DCGAN, n: int, seed: int) -> torch.Tensor | None:
     return class_labels(n, model.class_counts.cpu(), seed) if model.num_classes else None
 
 
+def classifier_scores(
+    reference: ImageDataModule, settings: DictConfig, run: Run, device: torch.device
+) -> ClassifierScorer:
+    """Class coverage, conditional accuracy and fid_lenet against the FID's real images
+    (``dcgan.classifier``), by the classifier the run was evaluated with in training (cached;
+    trained on first use)."""
+    has_config = (run.directory / ".hydra" / "config.yaml").is_file()
+    train_samples = OmegaConf.select(run.config, "eval.classifier_train_samples") if has_config else None
+    key = ClassifierKey(reference.name, train_samples=train_samples)
+    classifier = load_classifier(reference.name, reference.root, settings.cache_dir, key)  # type: ignore[attr-defined]
+    classifier.net.to(device)
+    return reference_scorer(classifier, reference, settings.reference_samples)
+
+
 def score(cfg: DictConfig, run: Run, checkpoint: Checkpoint) -> Path:
     """FID (and KID) of ``fid.num_samples`` images of the checkpoint's generator against the
     reference split of the dataset it was trained on; prints the record as one JSON line and
@@ -266,13 +291,17 @@ def score(cfg: DictConfig, run: Run, checkpoint: Checkpoint) -> Path:
     reference = instantiate_node(dataset, "dataset").reference(settings.reference_split)
     features, key, _ = reference_features(reference, settings.reference_samples, extractor, settings.cache_dir)
     start = time.perf_counter()
-    scorer = FIDScorer(extractor, features, len(features), num_samples, kid=settings.kid)
+    prc_real = features if _flag(settings.precision_recall, "fid.precision_recall") else None
+    scorer = FIDScorer(extractor, features, len(features), num_samples, kid=settings.kid, prc_real=prc_real)
     ema = _flag(cfg.ema, "ema")
-    result = scorer.score(
-        lambda z, y=None: model.generate(z, y, ema=ema),
+    draw = lambda z, y=None: model.generate(z, y, ema=ema)  # noqa: E731
+    z, labels = (
         latents(num_samples, model.hparams.latent_dim, settings.seed),
         sample_labels(model, num_samples, settings.seed),
     )
+    result = scorer.score(draw, z, labels)
+    if _flag(settings.classifier, "fid.classifier") and classifies(dataset.get("name")):
+        result |= classifier_scores(reference, settings, run, device).score(draw, z, labels)
     out = Path(settings.out or run.directory / "eval" / f"fid-{checkpoint.path.stem}-n{num_samples}-{key.split}.json")
     record = {
         "checkpoint": str(checkpoint.path.resolve()),
@@ -463,8 +492,42 @@ def plot_fid(records: list[dict[str, Any]], path: Path) -> Path:
     return _save(fig, path)
 
 
+def read_class_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's class-coverage evaluations (``classes.jsonl``, one per line); [] without one."""
+    path = run_dir / "classes.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def plot_classes(records: list[dict[str, Any]], path: Path) -> Path:
+    """The last evaluation's class histogram (share of generated images per predicted class),
+    and classes covered and class KL over the epochs."""
+    last = records[-1]
+    counts = np.array(last["class_histogram"], dtype=float)
+    fig = Figure(figsize=(11, 4.5))
+    bars, curve = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
+    bars.bar(np.arange(len(counts)), counts / counts.sum())
+    bars.axhline(1 / len(counts), color="gray", linestyle="--", linewidth=1, label="uniform")
+    bars.set(
+        title=f"Epoch {last['epoch']}: classes of {last['num_samples']:,} generated images",
+        xlabel="class (by the classifier)",
+        ylabel="share",
+        xticks=np.arange(len(counts)),
+    )
+    bars.legend()
+    epochs = [r["epoch"] for r in records]
+    curve.plot(epochs, [r["classes_covered"] for r in records], marker="o", label="classes covered")
+    curve.set(title="Class coverage", xlabel="epoch", ylabel="classes covered", ylim=(0, len(counts) + 0.5))
+    kl = curve.twinx()
+    kl.plot(epochs, [r["class_kl"] for r in records], color="tab:orange", marker=".", label="class KL")
+    kl.set_ylabel("KL(generated || real), nats")
+    curve.legend(loc="lower left")
+    kl.legend(loc="lower right")
+    curve.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def write_report(run_dir: Path, out_dir: Path) -> list[Path]:
-    """PNG plots of a run: G and D losses, D(x) and D(G(z)), FID over the epochs."""
+    """PNG plots of a run: G and D losses, D(x) and D(G(z)), FID over the epochs, class coverage."""
     scalars = read_scalars(run_dir)
     written = []
     missing = [tag for tag in (*LOSS_TAGS, *D_TAGS) if tag not in scalars]
@@ -479,6 +542,9 @@ def write_report(run_dir: Path, out_dir: Path) -> list[Path]:
     records = read_fid_records(run_dir)
     if records:
         written.append(plot_fid(records, out_dir / "report-fid.png"))
+    classes = read_class_records(run_dir)
+    if classes:
+        written.append(plot_classes(classes, out_dir / "report-classes.png"))
     return written
 
 

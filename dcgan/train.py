@@ -18,10 +18,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan import loop
-from dcgan.callbacks import FIDCallback
+from dcgan.callbacks import ClassifierCallback, FIDCallback
 from dcgan.cli import instantiate_node
 from dcgan.datasets import ImageDataModule
-from dcgan.errors import TrainingDiverged, TrainingInterrupted, UserInputError
+from dcgan.errors import TrainingDiverged, TrainingInterrupted, UserInputError, require
 from dcgan.files import atomic_path
 from dcgan.module import DCGAN, OptimizerFactory
 from dcgan.run import (
@@ -64,12 +64,28 @@ def fid_callback(cfg: DictConfig) -> FIDCallback:
     """The FID callback, from ``cfg.eval`` (see conf/fid.yaml) and the run directory."""
     settings = OmegaConf.to_container(cfg.eval, resolve=True)
     assert isinstance(settings, dict)
-    settings.pop("fid")
+    for key in [k for k in settings if k == "fid" or k.startswith("classifier")]:
+        settings.pop(key)
     output_dir = Path(cfg.paths.output_dir)
     return FIDCallback(
         checkpoint_dir=output_dir / "checkpoints",
         metrics_file=output_dir / "fid.jsonl",
         **settings,  # type: ignore[arg-type]
+    )
+
+
+def classifier_callback(cfg: DictConfig) -> ClassifierCallback:
+    """The classifier callback, from ``cfg.eval`` and the run directory."""
+    settings = cfg.eval
+    return ClassifierCallback(
+        metrics_file=Path(cfg.paths.output_dir) / "classes.jsonl",
+        every_n_epochs=settings.classifier_every_n_epochs,
+        num_samples=settings.classifier_num_samples,
+        cache_dir=settings.cache_dir,
+        reference_split=settings.reference_split,
+        reference_samples=settings.reference_samples,
+        seed=settings.seed,
+        train_samples=settings.classifier_train_samples,
     )
 
 
@@ -103,6 +119,9 @@ def build(
     ]
     if cfg.eval.fid:
         callbacks.append(fid_callback(cfg))
+    require(cfg.eval.classifier in (True, False), "eval.classifier", cfg.eval.classifier, "must be true or false")
+    if cfg.eval.classifier:
+        callbacks.append(classifier_callback(cfg))
     callbacks += [RandomState(), InterruptCheckpoint(Path(cfg.paths.output_dir) / "checkpoints")]
     callbacks += extra_callbacks or []
     loggers = [instantiate_node(cfg.logger, "logger")] if cfg.get("logger") else []

@@ -21,6 +21,7 @@ from dcgan.images import to_uint8, to_unit_range
 from dcgan.metrics import (
     FIDScorer,
     InceptionFeatures,
+    precision_recall,
     reference_features,
     shard,
     weights_identity,
@@ -57,6 +58,22 @@ def test_real_halves_are_far_closer_than_noise(extractor: InceptionFeatures, mni
     assert fa.shape == (64, 2048) and fa.dtype == torch.float32
     real_vs_real, real_vs_noise = scored_fid(extractor, fa, real_b), scored_fid(extractor, fa, noise)
     assert 0 < real_vs_real < real_vs_noise / 4, (real_vs_real, real_vs_noise)
+    # precision and recall of the same Inception features: real digits are, noise is not
+    scorer = FIDScorer(extractor, fa, 64, 64, prc_real=fa)
+    real_scores, noise_scores = (scorer.score(lambda x: x, to_unit_range(x)) for x in (real_b, noise))
+    assert min(real_scores["precision"], real_scores["recall"]) > 0.5
+    assert noise_scores["precision"] == 0.0 and noise_scores["recall"] == 0.0
+
+
+def test_precision_and_recall_tell_realism_from_variety() -> None:
+    g = torch.Generator().manual_seed(0)
+    real, same = torch.randn(500, 64, generator=g), torch.randn(500, 64, generator=g)
+    alike = precision_recall(same, real)
+    assert alike["precision"] > 0.5 and alike["recall"] > 0.5  # 0.65, 0.64: k-NN balls in 64-d
+    # a collapsed generator: one real sample 500 times is realistic, but draws none of the variety
+    collapsed = precision_recall(real[:1].repeat(500, 1), real)
+    assert collapsed["precision"] == 1.0 and collapsed["recall"] < 0.01
+    assert precision_recall(same + 10, real) == {"precision": 0.0, "recall": 0.0}  # nowhere near
 
 
 def test_pass_through_features_equal_torchmetrics_on_images(
@@ -239,11 +256,18 @@ def _toy_generate(z: torch.Tensor) -> torch.Tensor:
     return torch.tanh(z[:, :1, None].expand(-1, 28, 28)[:, None] + torch.linspace(-1, 1, 28))
 
 
+def _toy_real() -> torch.Tensor:
+    """40 real features for precision and recall: the toy features of toy images from other
+    latents than the generated ones, so that precision is neither 0 nor 1."""
+    z = torch.randn(40, 8, generator=torch.Generator().manual_seed(1)) + 2.5
+    return _ToyFeatures()(to_uint8(_toy_generate(z)))
+
+
 def _score_on_rank(rank: int, world: int, init_file: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     real = torch.randn(40, 2048, generator=torch.Generator().manual_seed(1))
     z = torch.randn(30, 8, generator=torch.Generator().manual_seed(2))
-    scorer = FIDScorer(_ToyFeatures(), shard(real, rank, world), 40, 30, kid=True)  # type: ignore[arg-type]
+    scorer = FIDScorer(_ToyFeatures(), shard(real, rank, world), 40, 30, kid=True, prc_real=_toy_real())  # type: ignore[arg-type]
     result = scorer.score(_toy_generate, shard(z, rank, world), batch_size=4)
     torch.save(result, f"{out}.{rank}")
     dist.destroy_process_group()
@@ -254,11 +278,16 @@ def test_scores_under_two_processes_match_one(tmp_path: Path) -> None:
     mean) of all samples, as one process does."""
     single_real = torch.randn(40, 2048, generator=torch.Generator().manual_seed(1))
     z = torch.randn(30, 8, generator=torch.Generator().manual_seed(2))
-    single = FIDScorer(_ToyFeatures(), single_real, 40, 30, kid=True).score(_toy_generate, z)  # type: ignore[arg-type]
+    scorer = FIDScorer(_ToyFeatures(), single_real, 40, 30, kid=True, prc_real=_toy_real())  # type: ignore[arg-type]
+    single = scorer.score(_toy_generate, z)
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     mp.spawn(_score_on_rank, args=(2, str(tmp_path / "init"), str(tmp_path / "result")), nprocs=2, join=True)
     per_rank = [torch.load(tmp_path / f"result.{r}", weights_only=True) for r in (0, 1)]
     assert per_rank[0]["fid"] == per_rank[1]["fid"]
     assert per_rank[0]["fid"] == pytest.approx(single["fid"], rel=1e-6)
+    # precision and recall see every rank's generated features
+    for key in ("precision", "recall"):
+        assert per_rank[0][key] == per_rank[1][key] == single[key]
+    assert 0 < single["precision"] < 1  # 0.43: a score that depends on which images are compared
     # KID averages random subsets: equal up to float rounding of the summation order
     assert per_rank[0]["kid_mean"] == pytest.approx(per_rank[1]["kid_mean"], rel=1e-5)

@@ -277,10 +277,11 @@ def test_progress_needs_epoch_grids(tmp_path: Path, smoke_run: Path) -> None:
 
 def test_report_from_tensorboard(gen: Callable[..., list[Path]]) -> None:
     written = gen("mode=report")
-    assert [p.name for p in written] == ["report-losses.png", "report-d.png", "report-fid.png"]
+    names = ["report-losses.png", "report-d.png", "report-fid.png", "report-classes.png"]
+    assert [p.name for p in written] == names
     for path in written:
         with Image.open(path) as img:
-            assert img.format == "PNG" and img.size == (800, 450)
+            assert img.format == "PNG" and img.size == ((1100, 450) if path.name == names[-1] else (800, 450))
 
 
 def test_report_from_csv_logs(tmp_path: Path) -> None:

@@ -42,6 +42,8 @@ def test_two_job_sweep_with_fid(tmp_path: Path, data_dir: Path, fid_weights: Pat
     rows = summarize(sweep)
     assert sorted(r["job"] for r in rows) == jobs
     assert [r["fid_best"] for r in rows] == sorted(r["fid_best"] for r in rows)
+    assert all(1 <= r["classes_covered"] <= 10 and r["fid_lenet"] > 0 for r in rows)  # the classifier's columns
+    assert all(0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 for r in rows)
     assert summary_main([str(sweep)]) == 0
     with (sweep / "summary.csv").open() as f:
         assert [r["job"] for r in csv.DictReader(f)] == [r["job"] for r in rows]
@@ -74,6 +76,7 @@ def test_summary_of_jobs_without_results(tmp_path: Path, capsys: pytest.CaptureF
         (tmp_path / job / ".hydra").mkdir(parents=True)
         (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- {override}\n")
     record = {"status": "completed", "fid_best": 12.5, "fid": 13.0, "best_epoch": 4, "epochs": 5, "wall_s": 60.0}
+    record["metrics"] = {"val/classes_covered": 9.0, "val/class_kl": 0.125, "val/fid_lenet": 3.5}
     (tmp_path / "1_x" / "metrics.json").write_text(json.dumps(record))
     failed = {"status": "failed", "error": "RuntimeError: CUDA error:\nan illegal | memory access", "wall_s": 3.0}
     (tmp_path / "2_a=" / "b" / "c" / "metrics.json").write_text(json.dumps(failed))
@@ -85,9 +88,11 @@ def test_summary_of_jobs_without_results(tmp_path: Path, capsys: pytest.CaptureF
     ]
     assert summary_main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| 1_x | completed | 12.50 | 4 | 13.00 | 5 | 60.00 | model.g_width=16 |  |" in out
+    assert (
+        "| 1_x | completed | 12.50 | 4 | 13.00 |  |  | 9.00 | 0.12 |  | 3.50 | 5 | 60.00 | model.g_width=16 |  |" in out
+    )
     error = "RuntimeError: CUDA error: an illegal \\| memory access"  # one line, | escaped
-    assert f"| 2_a=/b/c | failed |  |  |  |  | 3.00 | model.g_stem=dense | {error} |" in out
+    assert f"| 2_a=/b/c | failed |  |  |  |  |  |  |  |  |  |  | 3.00 | model.g_stem=dense | {error} |" in out
     assert "3 jobs, 2 failed or unfinished" in out
 
 

@@ -94,6 +94,10 @@ def test_score_command_prints_one_json_line(smoke_run: Path) -> None:
     # Same generator, latents and reference as the score at the end of training: the same FID.
     final = json.loads((smoke_run / "fid.jsonl").read_text().splitlines()[-1])
     assert record["fid"] == pytest.approx(final["fid"], rel=1e-4)
+    # The same images by the classifier training used (the smoke run's quick one, from the cache).
+    assert sum(record["class_histogram"]) == 32 and 1 <= record["classes_covered"] <= 10
+    in_training = json.loads((smoke_run / "classes.jsonl").read_text().splitlines()[-1])
+    assert record["classifier_test_accuracy"] == in_training["classifier_test_accuracy"] < 0.99
 
 
 def test_checkpoint_alone_rebuilds_the_generator(smoke_run: Path) -> None:

@@ -3,6 +3,7 @@ schedule, class-conditional G and D (networks, training, checkpoints, generate.p
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from pathlib import Path
 
@@ -267,6 +268,21 @@ def test_a_conditional_run_trains_resumes_and_draws_one_row_per_class(conditiona
     ]
     path = cells(written[0], 5)
     assert np.array_equal(path[0], images[1, 0]) and np.array_equal(path[-1], images[7, 0])
+    # samples: each image's class beside it, in the training proportions, and image i drawn as
+    # its own class (the same image class=<its label> gives at latent i)
+    folder, npz = gen("mode=samples", "samples.num_images=20", "samples.npz=true", "batch_size=7")
+    with (folder / "labels.csv").open() as f:
+        rows_csv = list(csv.reader(f))
+    assert rows_csv[0] == ["file", "label"] and [r[0] for r in rows_csv[1:]] == [f"{i:06d}.png" for i in range(20)]
+    labels = np.array([int(r[1]) for r in rows_csv[1:]])
+    with np.load(npz) as data:
+        assert np.array_equal(data["labels"], labels)
+        drawn = data["arr_0"][..., 0]
+    assert np.bincount(labels, minlength=10).tolist() == [2] * 10  # MNIST's shares, rounded, of 20
+    k = int(labels[5])
+    _, npz_k = gen("mode=samples", "samples.num_images=20", "samples.npz=true", f"class={k}")
+    with np.load(npz_k) as data:
+        assert (data["labels"] == k).all() and np.array_equal(data["arr_0"][5, ..., 0], drawn[5])
     with pytest.raises(UserInputError, match=r"class=10 must be a class of the checkpoint, 0..9"):
         gen("class=10")
     with pytest.raises(UserInputError, match="this mode draws one class, so add class=<0..9>"):

@@ -22,7 +22,12 @@ from dcgan.cli import exit_with
 from dcgan.errors import UserInputError
 from dcgan.files import atomic_path
 
-COLUMNS: tuple[str, ...] = ("job", "status", "fid_best", "best_epoch", "fid", "epochs", "wall_s", "overrides", "error")
+# Scores of the last evaluation besides FID: precision and recall; the classifier's (MNIST,
+# Fashion-MNIST; docs/evaluation.md).
+SCORE_COLUMNS: tuple[str, ...] = ("precision", "recall", "classes_covered", "class_kl", "cond_accuracy", "fid_lenet")
+COLUMNS: tuple[str, ...] = (
+    "job", "status", "fid_best", "best_epoch", "fid", *SCORE_COLUMNS, "epochs", "wall_s", "overrides", "error",
+)  # fmt: skip
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -48,6 +53,8 @@ def job_row(job: Path, sweep_dir: Path) -> dict[str, Any]:
         return row | {"status": "no result"}
     record = json.loads(metrics.read_text())
     row |= {k: record.get(k) for k in ("status", "fid_best", "best_epoch", "fid", "epochs", "wall_s", "error")}
+    logged = record.get("metrics") or {}
+    row |= {k: logged.get(f"val/{k}") for k in SCORE_COLUMNS}
     return row
 
 
