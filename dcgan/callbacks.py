@@ -354,15 +354,13 @@ class ClassifierCallback(L.Callback):
         self.num_samples = integer(num_samples, "eval.classifier_num_samples", 200)
         self.cache_dir, self.reference_split, self.reference_samples = cache_dir, reference_split, reference_samples
         self.seed = seed
-        self.scorer: ClassifierScorer | None = None
-        self.enabled = True
+        self.scorer: ClassifierScorer | None = None  # None: not set up, or no classifier of the data
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or self.scorer is not None or not self.enabled:
+        if stage != "fit" or self.scorer is not None:
             return
         datamodule = trainer.datamodule
         if not isinstance(datamodule, ImageDataModule) or not classifies(datamodule.name):
-            self.enabled = False
             log.info(
                 "no classifier of %s: class coverage is measured on MNIST and Fashion-MNIST",
                 getattr(datamodule, "source", "this data"),

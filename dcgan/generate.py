@@ -121,9 +121,7 @@ class Generation:
         channels = self.model.hparams.channels
         # A conditional model draws class= or else the training set's class proportions; its
         # labels go beside the images (labels.csv in the folder, array `labels` in the npz).
-        labels = sample_labels(self.model, n, self.seed) if self.label is None else None
-        if labels is None and self.label is not None:
-            labels = torch.full((n,), self.label)
+        labels = sample_labels(self.model, n, self.seed) if self.label is None else torch.full((n,), self.label)
         shape = (n, self.image_size, self.image_size, channels)
         digits = max(6, len(str(n - 1)))
         folder, npz = self.out_dir / name, self.out_dir / f"{name}.npz"
