@@ -271,11 +271,17 @@ class DCGAN(L.LightningModule):
         g_opt, d_opt = (self.speed.optimizer_factory(f, self.device) for f in (self.g_optimizer, self.d_optimizer))
         optimizers = [g_opt(self.generator.parameters()), d_opt(self.discriminator.parameters())]
         if self.lr_decay_start is not None:
-            self._lr_factor = linear_decay(self.lr_decay_start, int(self.trainer.estimated_stepping_batches))
             for opt in optimizers:
                 for group in opt.param_groups:
                     group["initial_lr"] = group["lr"]  # saved with the optimizer's state
         return optimizers
+
+    def on_train_start(self) -> None:
+        # The run's batch count loads the training data: asked for before a resume's checkpoint
+        # is restored (in configure_optimizers), it would build the loader too early to get its
+        # saved position in the epoch back, and a resumed run would repeat the epoch's batches.
+        if self.lr_decay_start is not None:
+            self._lr_factor = linear_decay(self.lr_decay_start, int(self.trainer.estimated_stepping_batches))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.nonfinite.check()  # a count that includes every batch saved

@@ -322,7 +322,9 @@ def resumed_run(cfg: DictConfig) -> ResumedRun:
     resumed.ckpt_path = str(checkpoint.path)
     resumed.paths.output_dir = str(run.directory)
     OmegaConf.set_struct(resumed, True)
-    log.info("Resuming %s from %s", run.directory, checkpoint.path)
+    position = loop.data_position(checkpoint.data)
+    at = f", at epoch {position[0] + 1}, batch {position[1] + 1}" if position and position[1] else ""
+    log.info("Resuming %s from %s%s", run.directory, checkpoint.path, at)
     if changed:
         log.info("Settings changed on resume: %s", ", ".join(changed))
     return ResumedRun(resumed, run, checkpoint, changed)

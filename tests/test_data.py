@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from lightning.fabric.utilities.types import _Stateful
 from PIL import Image
 
 from dcgan.datasets import FolderData, ImageDataModule, MNISTData
@@ -208,6 +209,32 @@ def test_tensor_loader_shards_are_disjoint() -> None:
     assert len(shards[0]) == len(shards[1]) == 10
     assert set(shards[0]).isdisjoint(shards[1])
     assert set(shards[0]) | set(shards[1]) == set(range(20))
+
+
+def test_tensor_loader_resumes_at_its_saved_position() -> None:
+    """Its state is the position ``position_fn`` gives; a new loader given that state yields the
+    rest of that epoch in the same order, then whole epochs as an uninterrupted loader does."""
+    images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1)
+    epoch = {"n": 1}
+
+    def batches() -> list[list[int]]:
+        return [b.flatten().tolist() for (b,) in loader]
+
+    loader = TensorLoader((images,), 4, seed=3, epoch_fn=lambda: epoch["n"], position_fn=lambda: (1, 3))
+    assert isinstance(loader, _Stateful)  # what Lightning checks before saving and restoring it
+    state = loader.state_dict()
+    assert state == {"epoch": 1, "batches": 3}
+    whole = batches()
+    epoch["n"] = 2
+    next_epoch = batches()
+
+    loader = TensorLoader((images,), 4, seed=3, epoch_fn=lambda: epoch["n"])
+    loader.load_state_dict(state)
+    epoch["n"] = 1
+    assert batches() == whole[3:]
+    epoch["n"] = 2
+    assert batches() == next_epoch
+    assert TensorLoader((images,), 4, seed=3).state_dict() == {}  # outside a Trainer: no position
 
 
 def test_batches_are_scaled_to_unit_range() -> None:

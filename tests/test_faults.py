@@ -13,45 +13,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dcgan import loop
 from dcgan.errors import OutputError, TrainingDiverged
 from dcgan.files import atomic_path, save_png
 from dcgan.run import AtomicCheckpointIO, remove_stale_temporaries
 from tests.helpers import REPO, check, nan_loss_at, run_script
-
-# Long enough epochs (500 batches of 32, tiny networks: ~5 s on 2 cores) for a signal sent a
-# second after an epoch's checkpoint to land mid-way through the next epoch.
-BATCHES = 500
-LONG_EPOCHS = ("experiment=smoke", "eval.fid=false", f"trainer.limit_train_batches={BATCHES}", "trainer.max_epochs=3")
-
-
-def signal_mid_epoch(process: subprocess.Popen[str], last: Path, signum: int) -> None:
-    wait_for(last.exists, process)  # epoch 1 is done
-    time.sleep(1.0)  # well into epoch 2, whatever Lightning still does at the end of epoch 1
-    process.send_signal(signum)
-
-
-def start_training(log: Path, data_dir: Path, *overrides: str) -> subprocess.Popen[str]:
-    """train.py in the background, its output in ``log`` (a pipe nobody reads would fill up
-    and stall it)."""
-    with open(log, "w") as out:
-        return subprocess.Popen(
-            [sys.executable, str(REPO / "train.py"), *overrides],
-            cwd=REPO,
-            env=os.environ | {"DCGAN_DATA_DIR": str(data_dir)},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-
-def finish(process: subprocess.Popen[str], log: Path) -> str:
-    process.wait(timeout=120)
-    return log.read_text()
 
 
 def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], timeout: float = 180) -> None:
@@ -79,60 +51,127 @@ def _flat(state: dict) -> list[tuple[str, torch.Tensor]]:
     return [(f"{p}.{name}", t) for p, s in state.items() for name, t in s.items()]
 
 
-@pytest.mark.slow
-def test_sigterm_and_kill_9_then_resume_match_an_uninterrupted_run(tmp_path: Path, data_dir: Path) -> None:
-    """SIGTERM mid-epoch saves interrupted.ckpt; kill -9 leaves last.ckpt; two resumes by run
-    directory end with exactly the weights and optimizer state of a run never interrupted."""
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    check(run_script("train.py", *LONG_EPOCHS, f"hydra.run.dir={straight}", env={"DCGAN_DATA_DIR": str(data_dir)}))
+# Short epochs (8 batches of 32, tiny networks). The learning rate decays with the run's batch
+# count, so a resume that miscounts batches, or skips or repeats one, changes the weights.
+EPOCHS = (
+    "experiment=smoke",
+    "eval.fid=false",
+    "eval.classifier=false",
+    "trainer.limit_train_batches=8",
+    "trainer.max_epochs=3",
+    "optimizer.lr_decay_start=0.5",
+)
 
-    last, log = stopped / "checkpoints" / "last.ckpt", tmp_path / "log"
-    run = start_training(log, data_dir, *LONG_EPOCHS, f"hydra.run.dir={stopped}")
-    signal_mid_epoch(run, last, signal.SIGTERM)
-    stderr = finish(run, log)
-    assert run.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    interrupted = stopped / "checkpoints" / "interrupted.ckpt"
-    assert "interrupted: SIGTERM at epoch 2, batch " in stderr
-    assert f"saved the training state to {interrupted}. Continue with: python train.py resume={stopped}" in stderr
-    assert "Traceback" not in stderr
+
+class Result(NamedTuple):
+    returncode: int
+    output: str  # stdout and stderr
+
+
+def fault_run(data_dir: Path, record: Path, fault: str, at: tuple[int, int], *overrides: str) -> Result:
+    """train.py with ``fault`` after batch ``at`` = (epoch, batch) (tests/fault_at.py), what
+    it trained appended to ``record``."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.fault_at", str(record), fault, *map(str, at), *overrides],
+        cwd=REPO,
+        env=os.environ | {"DCGAN_DATA_DIR": str(data_dir)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+    return Result(result.returncode, result.stdout)
+
+
+def trained(record: Path) -> tuple[list[tuple[int, int, list[int]]], list[tuple[int, str]]]:
+    """From a fault_at record: the batches trained, in order, as (epoch, batch, labels), and the
+    epochs' end states, as (epoch, digest)."""
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    batches = [(x["epoch"], x["batch"], x["labels"]) for x in lines if "batch" in x]
+    return batches, [(x["epoch"], x["state"]) for x in lines if "state" in x]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A run of EPOCHS never interrupted; its record is ``record.jsonl`` inside."""
+    run = tmp_path_factory.mktemp("uninterrupted")
+    result = fault_run(data_dir, run / "record.jsonl", "none", (0, 0), *EPOCHS, f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.output[-3000:]
+    return run
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_mid_epoch_then_kill_9_then_resume_match_an_uninterrupted_run(
+    tmp_path: Path, data_dir: Path, uninterrupted: Path, name: str
+) -> None:
+    """SIGTERM or Ctrl-C after batch 3 of epoch 2 saves interrupted.ckpt there; a resume from it
+    trains from batch 4 on, and kill -9 after batch 2 of epoch 3 leaves epoch 2's last.ckpt; a
+    resume from that trains epoch 3 again. The batches trained, each epoch's end state (the
+    interrupted epoch's included) and the final checkpoint are those of the uninterrupted run."""
+    run, record = tmp_path / "run", tmp_path / "record.jsonl"
+    last, interrupted = run / "checkpoints" / "last.ckpt", run / "checkpoints" / "interrupted.ckpt"
+
+    result = fault_run(data_dir, record, name, (2, 3), *EPOCHS, f"hydra.run.dir={run}")
+    what = {"SIGTERM": "SIGTERM", "SIGINT": "Ctrl-C"}[name]
+    assert result.returncode == 128 + signal.Signals[name], result.output[-3000:]
+    assert (
+        f"interrupted: {what} at epoch 2, batch 3: saved the training state to {interrupted}. "
+        f"Continue with: python train.py resume={run}" in result.output
+    )
+    if name == "SIGINT":
+        assert "Ctrl-C: stopping after this batch and saving a checkpoint" in result.output
+    assert "Traceback" not in result.output
     ckpt = torch.load(interrupted, weights_only=True)
-    batches_done = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"]
-    assert 0 < batches_done < BATCHES, "the signal should land mid-epoch"
-    record = json.loads((stopped / "metrics.json").read_text())
-    assert record["status"] == "interrupted" and "SIGTERM" in record["error"]
+    assert loop.data_position(ckpt) == (1, 3)
+    assert ckpt["global_step"] == 2 * (8 + 3)  # one D and one G step per finished batch, no more
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and what in metrics["error"]
 
-    # Resume from interrupted.ckpt (more training than last.ckpt), then kill -9 in epoch 3.
-    before = mtime(last)
-    run = start_training(log, data_dir, f"resume={stopped}")
-    wait_for(lambda: mtime(last) != before, run)  # epoch 2 done
-    run.kill()
-    run.wait(timeout=60)
+    result = fault_run(data_dir, record, "SIGKILL", (3, 2), f"resume={run}")
+    assert result.returncode == -signal.SIGKILL, result.output[-3000:]
+    assert f"Resuming {run} from {interrupted}, at epoch 2, batch 4\n" in result.output
+    assert "not resumable" not in result.output  # Lightning's warning for a loader without a state
     assert torch.load(last, weights_only=True)["epoch"] == 1  # epoch 2's checkpoint, whole
 
-    result = check(run_script("train.py", f"resume={stopped}", env={"DCGAN_DATA_DIR": str(data_dir)}))
-    assert f"Resuming {stopped} from {last}" in result.stdout + result.stderr  # newer than interrupted.ckpt
-    expected, got = weights(straight / "checkpoints" / "last.ckpt"), weights(last)
+    result = fault_run(data_dir, record, "none", (0, 0), f"resume={run}")
+    assert result.returncode == 0, result.output[-3000:]
+    assert f"Resuming {run} from {last}\n" in result.output  # newer than interrupted.ckpt
+    batches, states = trained(record)
+    expected_batches, expected_states = trained(uninterrupted / "record.jsonl")
+    epoch = [(e, b) for e in (1, 2, 3) for b in range(1, 9)]
+    assert [(e, b) for e, b, _ in batches] == [*epoch[:16], (3, 1), (3, 2), *epoch[16:]]
+    labels = {(e, b): x for e, b, x in expected_batches}
+    assert all(x == labels[e, b] for e, b, x in batches), "a batch of other images than the uninterrupted run's"
+    assert states == expected_states, "the state at an epoch's end differs from the uninterrupted run's"
+    expected, got = weights(uninterrupted / "checkpoints" / "last.ckpt"), weights(last)
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected), "resumed run differs from the uninterrupted one"
-    record = json.loads((stopped / "metrics.json").read_text())
-    assert (record["status"], record["epochs"], record["batches"]) == ("completed", 3, 3 * BATCHES)
-    assert record["resumed_from"] == str(last)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["status"], metrics["epochs"], metrics["batches"]) == ("completed", 3, 24)
+    assert metrics["resumed_from"] == str(last)
 
 
-@pytest.mark.slow
-def test_ctrl_c_finishes_the_batch_and_saves(tmp_path: Path, data_dir: Path) -> None:
-    last, log = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "log"
-    run = start_training(log, data_dir, *LONG_EPOCHS, f"hydra.run.dir={tmp_path}")
-    signal_mid_epoch(run, last, signal.SIGINT)
-    stderr = finish(run, log)
-    assert run.returncode == 128 + signal.SIGINT, stderr[-3000:]
-    assert "Ctrl-C: stopping after this batch and saving a checkpoint" in stderr
-    assert "interrupted: Ctrl-C at epoch 2, batch " in stderr
-    assert "Traceback" not in stderr
-    ckpt = torch.load(tmp_path / "checkpoints" / "interrupted.ckpt", weights_only=True)
-    loops = ckpt["loops"]["fit_loop"]
-    # Stopped between batches: every finished batch made one D and one G step.
-    assert ckpt["global_step"] == 2 * (loops["epoch_loop.batch_progress"]["total"]["completed"])
+def test_a_second_ctrl_c_stops_at_once_and_saves(tmp_path: Path, data_dir: Path) -> None:
+    """Ctrl-C twice as batch 3 of epoch 2 starts: that batch is not trained (one Ctrl-C lets it
+    finish), and the state after batch 2 is saved."""
+    run, record = tmp_path / "run", tmp_path / "record.jsonl"
+    result = fault_run(data_dir, record, "SIGINT2", (2, 3), *EPOCHS, f"hydra.run.dir={run}")
+    assert result.returncode == 128 + signal.SIGINT, result.output[-3000:]
+    assert "interrupted: Ctrl-C at epoch 2, batch 2: saved the training state" in result.output
+    assert "Traceback" not in result.output
+    assert [(e, b) for e, b, _ in trained(record)[0]][-1] == (2, 2)
+    ckpt = torch.load(run / "checkpoints" / "interrupted.ckpt", weights_only=True)
+    assert loop.data_position(ckpt) == (1, 2) and ckpt["global_step"] == 2 * (8 + 2)
+
+
+def test_a_diverged_run_exits_1_and_records_the_failure(tmp_path: Path, data_dir: Path) -> None:
+    run = tmp_path / "run"
+    result = fault_run(data_dir, tmp_path / "record.jsonl", "nan", (2, 3), *EPOCHS, f"hydra.run.dir={run}")
+    assert result.returncode == 1, result.output[-3000:]
+    assert "error: d_loss is nan at epoch 2, batch 3 (batch 11 of the run). Training stopped; " in result.output
+    assert "Traceback" not in result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["error"].startswith("TrainingDiverged: d_loss is nan")
 
 
 QUICK = ("experiment=smoke", "eval.fid=false", "logger=csv", "+trainer.enable_progress_bar=false")
@@ -185,7 +224,7 @@ def test_sigterm_at_an_epoch_end_resumes_with_the_whole_next_epoch(
         train(compose_cfg(*settings, run="stopped"))
     monkeypatch.undo()
     interrupted = tmp_path / "stopped" / "checkpoints" / "interrupted.ckpt"
-    assert torch.load(interrupted, weights_only=True)["MNISTData"]["batches"] == 0
+    assert loop.data_position(torch.load(interrupted, weights_only=True)) == (1, 0)
     train(compose_cfg(*settings, f"ckpt_path={interrupted}", run="resumed"))
     whole, resumed = (weights(tmp_path / run / "checkpoints" / "last.ckpt") for run in ("whole", "resumed"))
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)

@@ -44,6 +44,10 @@ class TensorLoader:
     uses the same permutation and takes every ``world_size``-th index: shards are disjoint.
     Incomplete last batches are dropped (BatchNorm statistics of a tiny batch hurt GANs).
     ``resume_at=(epoch, batches)``: that epoch starts after its first ``batches`` batches.
+
+    Stateful as Lightning expects of a resumable loader: ``state_dict`` (saved in checkpoints)
+    is the position ``position_fn`` gives, (epoch, batches of it trained); a resumed run's
+    loader gets it back through ``load_state_dict`` and skips the batches already trained.
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class TensorLoader:
         rank: int = 0,
         world_size: int = 1,
         resume_at: tuple[int, int] | None = None,
+        position_fn: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self.tensors = tuple(tensors)
         self.batch_size = batch_size
@@ -64,7 +69,18 @@ class TensorLoader:
         self.rank = rank
         self.world_size = world_size
         self.resume_at = resume_at
+        self.position_fn = position_fn
         self._epochs_started = 0
+
+    def state_dict(self) -> dict[str, int]:
+        if self.position_fn is None:
+            return {}
+        epoch, batches = self.position_fn()
+        return {"epoch": epoch, "batches": batches}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if "epoch" in state_dict:
+            self.resume_at = (int(state_dict["epoch"]), int(state_dict["batches"]))
 
     def __len__(self) -> int:
         return (len(self.tensors[0]) // self.world_size) // self.batch_size
@@ -244,22 +260,26 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     # -- position in the data, for checkpoints ------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The shuffling seed and how far into its epoch training got: a run stopped mid-epoch
-        and resumed sees the rest of that epoch's batches in the same order (in-memory data;
-        streamed data restarts the epoch with a new order, for the batches left)."""
-        if self.trainer is None:
-            return {"seed": self.seed}
-        progress = loop.batches_into_epoch(self.trainer)
-        if progress >= self.trainer.num_training_batches:
-            # Saved at an epoch's end (SIGTERM is acted on after the epoch count moved on, with
-            # the batch count not yet reset): the next epoch starts from its first batch.
-            progress = 0
-        return {"seed": self.seed, "epoch": self.trainer.current_epoch, "batches": progress}
+        """The shuffling seed. (How far into its epoch training got is the in-memory loader's
+        state, ``TensorLoader.state_dict``: a run stopped mid-epoch and resumed sees the rest of
+        that epoch's batches in the same order. Streamed data restarts the epoch with a new
+        order, for the batches left.)"""
+        return {"seed": self.seed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.seed = int(state_dict["seed"])
-        if "epoch" in state_dict:
+        if "epoch" in state_dict:  # a checkpoint of a version that kept the position here
             self._resume_at = (int(state_dict["epoch"]), int(state_dict["batches"]))
+
+    def _position(self) -> tuple[int, int]:
+        """(epoch, batches of it trained), the position in the data a checkpoint saves."""
+        assert self.trainer is not None
+        batches = loop.batches_into_epoch(self.trainer)
+        if batches >= self.trainer.num_training_batches:
+            # Saved at an epoch's end (SIGTERM is acted on after the epoch count moved on, with
+            # the batch count not yet reset): the next epoch starts from its first batch.
+            batches = 0
+        return self.trainer.current_epoch, batches
 
     # -- loaders ---------------------------------------------------------------------------
 
@@ -275,6 +295,7 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
                 rank=rank,
                 world_size=world,
                 resume_at=self._resume_at,
+                position_fn=self._position if self.trainer is not None else None,
             )
         assert self.dataset is not None, "call setup() first"
         return DataLoader(
