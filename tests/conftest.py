@@ -62,13 +62,15 @@ def data_dir() -> Path:
 
 @pytest.fixture
 def compose_cfg(tmp_path: Path, data_dir: Path) -> Callable[..., DictConfig]:
-    """Compose conf/train.yaml with overrides, as train.py would, writing into tmp_path."""
+    """Compose conf/train.yaml with overrides, as train.py would, writing into tmp_path. On the
+    CPU (trainer=cpu) unless the overrides choose a trainer: the default one would take a GPU."""
 
     def _compose(*overrides: str, run: str = "run") -> DictConfig:
+        cpu = [] if any(o.startswith("trainer=") for o in overrides) else ["trainer=cpu"]
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             return compose(
                 "train",
-                overrides=[f"paths.output_dir={tmp_path / run}", f"paths.data_dir={data_dir}", *overrides],
+                overrides=[f"paths.output_dir={tmp_path / run}", f"paths.data_dir={data_dir}", *cpu, *overrides],
             )
 
     return _compose

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,12 @@ def write_image_tree(root: Path) -> list[Path]:
     return sorted(images)
 
 
+def cpu_only(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with the GPUs hidden: a script a test starts runs on the CPU, as the test
+    means, also on a machine with a GPU (where the default trainer would take it)."""
+    return {**env, "CUDA_VISIBLE_DEVICES": ""}
+
+
 def run_script(
     script: str,
     *overrides: str,
@@ -63,7 +70,7 @@ def run_script(
     drop: tuple[str, ...] = (),
     cwd: Path = REPO,
 ) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k not in drop} | (env or {})
+    environment = cpu_only({k: v for k, v in os.environ.items() if k not in drop} | (env or {}))
     return subprocess.run(
         [sys.executable, str(REPO / script), *overrides],
         cwd=cwd,

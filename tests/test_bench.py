@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, cpu_only
 
 ENVIRONMENT_KEYS = {
     "device", "torch", "threads", "precision", "compile", "channels_last", "fused_optimizer", "peak_rss_mb"
@@ -27,7 +27,7 @@ def bench(*args: str, data_dir: Path, fid_weights: Path | None = None) -> subpro
         capture_output=True,
         text=True,
         timeout=600,
-        env=env,
+        env=cpu_only(env),
     )
 
 
@@ -74,6 +74,7 @@ def test_bench_baseline_and_switches(data_dir: Path) -> None:
     assert "| speed-up |" in result.stderr and "x |" in result.stderr
 
 
+@pytest.mark.slow
 def test_bench_refuses_bad_arguments(data_dir: Path) -> None:
     result = bench("--batches", "0", data_dir=data_dir)
     assert result.returncode == 2 and "--batches must be positive" in result.stderr

@@ -132,6 +132,7 @@ def test_training_is_seeded_cached_and_leaves_the_rng_alone(
     assert ClassifierKey("mnist", epochs=2, train_samples=500).filename() != key.filename()
 
 
+@pytest.mark.slow
 def test_a_run_logs_class_coverage(smoke_run: Path) -> None:
     records = [json.loads(line) for line in (smoke_run / "classes.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]

@@ -94,9 +94,10 @@ def test_trainer_options(compose_cfg: Callable[..., DictConfig], option: str) ->
     cfg = compose_cfg(f"trainer={option}")
     if option.startswith("ddp"):
         assert cfg.trainer.strategy == "ddp_find_unused_parameters_true" and cfg.trainer.devices == 2
-    if option in ("gpu", "ddp") and not torch.cuda.is_available():
+    if option in ("gpu", "ddp"):
         assert cfg.trainer.accelerator == "gpu"
-        return
+    if cfg.trainer.accelerator == "gpu" and torch.cuda.device_count() < cfg.trainer.devices:
+        return  # e.g. trainer=ddp (2 GPUs) on a machine with fewer: composed, not built
     trainer = instantiate(cfg.trainer, logger=False)
     assert isinstance(trainer, L.Trainer)
     assert trainer.max_epochs == cfg.trainer.max_epochs

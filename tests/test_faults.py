@@ -23,7 +23,7 @@ from dcgan import loop
 from dcgan.errors import OutputError, TrainingDiverged
 from dcgan.files import atomic_path, save_png
 from dcgan.run import AtomicCheckpointIO, remove_stale_temporaries
-from tests.helpers import REPO, check, nan_loss_at, run_script
+from tests.helpers import REPO, check, cpu_only, nan_loss_at, run_script
 
 
 def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], timeout: float = 180) -> None:
@@ -74,7 +74,7 @@ def fault_run(data_dir: Path, record: Path, fault: str, at: tuple[int, int], *ov
     result = subprocess.run(
         [sys.executable, "-m", "tests.fault_at", str(record), fault, *map(str, at), *overrides],
         cwd=REPO,
-        env=os.environ | {"DCGAN_DATA_DIR": str(data_dir)},
+        env=cpu_only(os.environ | {"DCGAN_DATA_DIR": str(data_dir)}),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -100,6 +100,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> P
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
 def test_a_signal_mid_epoch_then_kill_9_then_resume_match_an_uninterrupted_run(
     tmp_path: Path, data_dir: Path, uninterrupted: Path, name: str
@@ -151,6 +152,7 @@ def test_a_signal_mid_epoch_then_kill_9_then_resume_match_an_uninterrupted_run(
     assert metrics["resumed_from"] == str(last)
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_and_saves(tmp_path: Path, data_dir: Path) -> None:
     """Ctrl-C twice as batch 3 of epoch 2 starts: that batch is not trained (one Ctrl-C lets it
     finish), and the state after batch 2 is saved."""
@@ -164,6 +166,7 @@ def test_a_second_ctrl_c_stops_at_once_and_saves(tmp_path: Path, data_dir: Path)
     assert loop.data_position(ckpt) == (1, 2) and ckpt["global_step"] == 2 * (8 + 2)
 
 
+@pytest.mark.slow
 def test_a_diverged_run_exits_1_and_records_the_failure(tmp_path: Path, data_dir: Path) -> None:
     run = tmp_path / "run"
     result = fault_run(data_dir, tmp_path / "record.jsonl", "nan", (2, 3), *EPOCHS, f"hydra.run.dir={run}")
@@ -230,6 +233,7 @@ def test_sigterm_at_an_epoch_end_resumes_with_the_whole_next_epoch(
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
+@pytest.mark.slow
 def test_kill_9_while_a_checkpoint_is_written_leaves_the_previous_one(tmp_path: Path) -> None:
     """A process writing a 200 MB checkpoint over last.ckpt is killed mid-write, many times
     over: last.ckpt always loads, and is the previous whole version."""
@@ -285,6 +289,7 @@ def test_unwritable_output_gives_the_path(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "ok.png"]
 
 
+@pytest.mark.slow
 def test_run_folder_that_cannot_be_created(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     result = run_script("train.py", "experiment=smoke", f"hydra.run.dir={tmp_path / 'a-file' / 'run'}")
@@ -352,6 +357,7 @@ def test_nan_losses_can_be_skipped_and_counted(
     assert steps == [10, 9]
 
 
+@pytest.mark.slow
 def test_resume_errors(tmp_path: Path, smoke_run: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)  # resuming writes into the run folder
@@ -374,6 +380,7 @@ def test_resume_errors(tmp_path: Path, smoke_run: Path) -> None:
     assert (run / ".hydra" / "config.yaml").read_text() == (smoke_run / ".hydra" / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_a_refused_resume_changes_nothing_and_an_accepted_one_saves_its_settings(
     tmp_path: Path, smoke_run: Path, data_dir: Path
 ) -> None:

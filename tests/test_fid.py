@@ -273,14 +273,14 @@ def _score_on_rank(rank: int, world: int, init_file: str, out: str) -> None:
     dist.destroy_process_group()
 
 
-def test_scores_under_two_processes_match_one(tmp_path: Path) -> None:
+def test_scores_under_two_processes_match_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each rank scores its share; compute() syncs the states: every rank gets the FID (and KID
     mean) of all samples, as one process does."""
     single_real = torch.randn(40, 2048, generator=torch.Generator().manual_seed(1))
     z = torch.randn(30, 8, generator=torch.Generator().manual_seed(2))
     scorer = FIDScorer(_ToyFeatures(), single_real, 40, 30, kid=True, prc_real=_toy_real())  # type: ignore[arg-type]
     single = scorer.score(_toy_generate, z)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", os.environ.get("GLOO_SOCKET_IFNAME", "lo"))  # undone after the test
     mp.spawn(_score_on_rank, args=(2, str(tmp_path / "init"), str(tmp_path / "result")), nprocs=2, join=True)
     per_rank = [torch.load(tmp_path / f"result.{r}", weights_only=True) for r in (0, 1)]
     assert per_rank[0]["fid"] == per_rank[1]["fid"]

@@ -169,6 +169,7 @@ def test_a_checkpoint_file_is_read_once_per_call(
     assert checkpoints_read == ["best.ckpt"]
 
 
+@pytest.mark.slow
 def test_default_output_folder_is_in_the_run(smoke_run: Path) -> None:
     written = generate(compose_generate(f"checkpoint={smoke_run / 'checkpoints' / 'last.ckpt'}", "grid.num_images=4"))
     assert written == [smoke_run / "generated" / "grid-last-seed0.png"]
@@ -257,6 +258,7 @@ def test_explore_refuses_dimensions_outside_the_latent(gen: Callable[..., list[P
         gen("mode=explore", "explore.dims=[1,100]")
 
 
+@pytest.mark.slow
 def test_progress(gen: Callable[..., list[Path]], smoke_run: Path, tmp_path: Path) -> None:
     gif, strip = gen("mode=progress")
     assert (gif.name, strip.name) == ("progress.gif", "progress-strip.png")
@@ -270,6 +272,7 @@ def test_progress(gen: Callable[..., list[Path]], smoke_run: Path, tmp_path: Pat
     assert np.array_equal(frames[1][16:], epoch2)
 
 
+@pytest.mark.slow
 def test_progress_needs_epoch_grids(tmp_path: Path, smoke_run: Path) -> None:
     with pytest.raises(UserInputError, match="holds no epoch_.*png grids"):
         generate(compose_generate("mode=progress", f"checkpoint={tmp_path}"))
@@ -373,6 +376,7 @@ def test_npz_writer_refuses_a_short_write(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_names_the_file(smoke_run: Path, tmp_path: Path) -> None:
     data = (smoke_run / "checkpoints" / "last.ckpt").read_bytes()
     truncated = tmp_path / "cut.ckpt"

@@ -96,6 +96,7 @@ def test_summary_of_jobs_without_results(tmp_path: Path, capsys: pytest.CaptureF
     assert "3 jobs, 2 failed or unfinished" in out
 
 
+@pytest.mark.slow
 def test_summary_of_a_folder_that_is_not_a_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(UserInputError, match="holds no job folders"):
         summarize(tmp_path)
@@ -141,6 +142,7 @@ def test_optuna_search_of_two_trials(tmp_path: Path, data_dir: Path, fid_weights
     )
 
 
+@pytest.mark.slow
 def test_slurm_launcher_config_composes() -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the slurm extra")
     overrides = ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"]

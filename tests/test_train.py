@@ -18,7 +18,7 @@ from dcgan.errors import UserInputError
 from dcgan.loop import epochs_trained
 from dcgan.module import DCGAN
 from dcgan.run import Checkpoint, check_resumable, read_checkpoint
-from tests.helpers import REPO, check, run_script
+from tests.helpers import REPO, check, cpu_only, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -341,6 +341,7 @@ def test_torchrun_two_processes_share_one_run_directory(tmp_path: Path, data_dir
     """torchrun starts both processes, each running Hydra: they must agree on one run folder
     (the default one, named by the rendezvous id) and on the FID and the weights."""
     env = {k: v for k, v in os.environ.items() if k != "TORCHELASTIC_RUN_ID"} | {"DCGAN_DATA_DIR": str(data_dir)}
+    env = cpu_only(env)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     result = subprocess.run(
         [*command, str(REPO / "train.py"), "experiment=smoke", "trainer=ddp_cpu"],
