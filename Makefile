@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test lint format tensorboard clean
+.PHONY: install train test lint format tensorboard clean gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -37,3 +37,12 @@ tensorboard: $(STAMP)
 clean:
 	rm -rf .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
+
+# The GPU checks (tools/gpu_check.py): pytest -m gpu and the benchmark, on the machine's own
+# Python where there is no .venv (the lent GPU machine); one line and exit 0 without a GPU.
+gpu-check:
+	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) tools/gpu_check.py $(ARGS)
+
+# The wheels gpu-check installs on a GPU machine that lacks them, into .whl/ (git-excluded).
+gpu-wheels: $(STAMP)
+	$(BIN)/python tools/gpu_check.py --download-wheels

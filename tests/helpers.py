@@ -8,6 +8,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -100,3 +101,25 @@ def nan_loss_at(monkeypatch: pytest.MonkeyPatch, call: int) -> list[int]:
 
     monkeypatch.setattr(dcgan.module, "discriminator_loss", loss)
     return calls
+
+
+def random_inception_weights(path: Path, seed: int = 0) -> Path:
+    """A weights file of the FID Inception network with seeded random (He-normal) convolution
+    weights: the architecture without the 96 MB download, for checks of a device's arithmetic
+    (GPU vs CPU features), not of FID values."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    with (
+        mock.patch.object(fidelity, "load_state_dict_from_url", lambda *args, **kwargs: None),
+        mock.patch.object(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda *args, **kwargs: None),
+    ):
+        net = NoTrainInceptionV3("inception-v3-compat", ["2048"], None)
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, tensor in net.state_dict().items():
+        if name.endswith("conv.weight"):  # He init keeps the activations' scale through the layers
+            tensor = torch.randn(tensor.shape, generator=generator) * (2 / tensor[0].numel()) ** 0.5
+        state[name] = tensor
+    torch.save(state, path)
+    return path

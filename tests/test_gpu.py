@@ -15,7 +15,7 @@ from dcgan.errors import TrainingDiverged
 from dcgan.metrics import InceptionFeatures
 from dcgan.sampling import load_generator_module
 from dcgan.train import build, train
-from tests.helpers import nan_loss_at
+from tests.helpers import nan_loss_at, random_inception_weights
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -65,9 +65,12 @@ def test_a_nan_loss_on_the_gpu_drops_the_update_on_the_device_and_stops_at_the_n
     assert last["epoch"] == 0 and all(torch.isfinite(t).all() for t in last["state_dict"].values())
 
 
-def test_fid_features_on_the_gpu_agree_with_the_cpu(fid_weights: Path) -> None:
+def test_fid_features_on_the_gpu_agree_with_the_cpu(tmp_path: Path) -> None:
+    """The Inception network with seeded random weights (the real ones need not travel to a
+    GPU machine): the same arithmetic on both devices, up to summation order."""
+    weights = str(random_inception_weights(tmp_path / "inception.pth"))
     images = torch.randint(0, 256, (32, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    cpu = InceptionFeatures(str(fid_weights), batch_size=16)(images)
-    gpu = InceptionFeatures(str(fid_weights), batch_size=16).cuda()(images).cpu()
+    cpu = InceptionFeatures(weights, batch_size=16)(images)
+    gpu = InceptionFeatures(weights, batch_size=16).cuda()(images).cpu()
     error = ((gpu - cpu).abs().max() / cpu.abs().max()).item()
     assert error < 1e-3, f"max |gpu - cpu| / max |cpu| = {error:.2e}"
