@@ -305,9 +305,11 @@ def test_run_folder_that_cannot_be_created(tmp_path: Path) -> None:
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     compose_cfg: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fused: bool
 ) -> None:
-    from dcgan.train import train
+    import dcgan.train
 
     calls = nan_loss_at(monkeypatch, call=8)  # epoch 2 (5 batches per epoch), batch 3
+    built, build = [], dcgan.train.build
+    monkeypatch.setattr(dcgan.train, "build", lambda *args: built.append(build(*args)) or built[-1])
     cfg = compose_cfg(
         "experiment=smoke",
         "eval.fid=false",
@@ -318,11 +320,17 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     )
     run_dir = tmp_path / "run"
     with pytest.raises(TrainingDiverged) as info:
-        train(cfg)
+        dcgan.train.train(cfg)
     message = str(info.value)
     assert message.startswith("d_loss is nan at epoch 2, batch 3 (batch 8 of the run). Training stopped; ")
     # Read at once, or at the next logging step: epoch 2's last batch (log_every_n_steps > 5).
     assert len(calls) == (10 if fused else 8)
+    # The bad update was not made: D's weights are finite and D stepped on the good batches only
+    # (stopped before batch 8's update; fused: batch 8's update dropped, batches 9, 10 made).
+    [(_, model, trainer)] = built
+    assert all(torch.isfinite(p).all() for p in model.discriminator.parameters())
+    steps = [int(next(iter(opt.state.values()))["step"]) for opt in trainer.optimizers]  # G, D
+    assert steps == ([10, 9] if fused else [7, 7])
     assert f"the last good state is {run_dir / 'checkpoints' / 'last.ckpt'}" in message
     assert f"python train.py resume={run_dir}" in message and "model.nonfinite_loss=skip" in message
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
