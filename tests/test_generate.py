@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import json
 import math
 import os
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from PIL import Image
 
 from dcgan.errors import OutputError, UserInputError
 from dcgan.files import NpzWriter, atomic_dir
-from dcgan.generate import generate, read_scalars, write_report
+from dcgan.generate import D_TAGS, LOSS_TAGS, generate, read_scalars, write_report
 from dcgan.sampling import interpolation_path, latents, lerp, slerp, vary_dimensions
 from tests.helpers import CONF
 
@@ -278,13 +279,46 @@ def test_progress_needs_epoch_grids(tmp_path: Path, smoke_run: Path) -> None:
         generate(compose_generate("mode=progress", f"checkpoint={tmp_path}"))
 
 
-def test_report_from_tensorboard(gen: Callable[..., list[Path]]) -> None:
+def test_report_from_tensorboard(
+    gen: Callable[..., list[Path]], smoke_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each plot draws the run's own numbers: the logged losses and D outputs (read here with
+    TensorBoard's own reader), the FID of each evaluation, the last class histogram."""
+    from matplotlib.axes import Axes
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    drawn: list[tuple[Axes, str, list[list[float]]]] = []  # (axes, "plot" or "bar", [x, y])
+
+    def recording(method: str) -> Callable[..., object]:
+        original = getattr(Axes, method)
+
+        def draw(ax: Axes, x: object, y: object, *args: object, **kwargs: object) -> object:
+            drawn.append((ax, method, [np.asarray(v, dtype=float).tolist() for v in (x, y)]))
+            return original(ax, x, y, *args, **kwargs)
+
+        return draw
+
+    for method in ("plot", "bar"):
+        monkeypatch.setattr(Axes, method, recording(method))
     written = gen("mode=report")
     names = ["report-losses.png", "report-d.png", "report-fid.png", "report-classes.png"]
     assert [p.name for p in written] == names
     for path in written:
         with Image.open(path) as img:
             assert img.format == "PNG" and img.size == ((1100, 450) if path.name == names[-1] else (800, 450))
+
+    def plotted(title: str) -> list[list[list[float]]]:
+        return [xy for ax, method, xy in drawn if method == "plot" and ax.get_title().startswith(title)]
+
+    logs = EventAccumulator(str(smoke_run / "tensorboard")).Reload()
+    for title, tags in (("Losses", LOSS_TAGS), ("Discriminator outputs", D_TAGS)):
+        logged = [[[e.step for e in logs.Scalars(t)], [e.value for e in logs.Scalars(t)]] for t in tags]
+        assert plotted(title)[::2] == logged  # each series, then its moving average
+    evaluations = [json.loads(line) for line in (smoke_run / "fid.jsonl").read_text().splitlines()][:-1]
+    assert plotted("FID:") == [[[r["epoch"] for r in evaluations], [r["fid"] for r in evaluations]]]
+    histogram = json.loads((smoke_run / "classes.jsonl").read_text().splitlines()[-1])["class_histogram"]
+    [heights] = [y for _, method, (_, y) in drawn if method == "bar"]
+    assert heights == pytest.approx([c / sum(histogram) for c in histogram])
 
 
 def test_report_from_csv_logs(tmp_path: Path) -> None:

@@ -127,7 +127,6 @@ def test_losses_are_logged() -> None:
     trainer = fit(tiny_model(instance_noise=0.1), batches=2)
     logged = set(trainer.callback_metrics)
     assert {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake", "train/instance_noise"} <= logged
-    assert 0 < float(trainer.callback_metrics["train/d_real"]) < 1
 
 
 def test_instance_noise_anneals_over_the_run_by_default() -> None:

