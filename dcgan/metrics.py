@@ -45,6 +45,13 @@ WEIGHTS_HELP = (
     "variable, to a local copy of the FID Inception weights (inception-2015-12-05, torch-fidelity format, "
     "e.g. weights-inception-2015-12-05-6726825d.pth); or turn FID off with eval.fid=false"
 )
+# The weights files FID may be computed with, by sha256: with other weights, FID is a number
+# no published table and no other run can be compared with. (The features-only file is the
+# release file with the classification layer zero-filled: FID and KID are the same.)
+KNOWN_WEIGHTS = {
+    "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2": "weights-inception-2015-12-05-6726825d.pth",
+    "0a714eca5933519ab636d26f170d06967513542240c88800f96ba23f7d533cda": "inception-2015-12-05-fid-features-only.pth",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -57,7 +64,7 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 def weights_identity(weights: str | None) -> str:
@@ -65,7 +72,7 @@ def weights_identity(weights: str | None) -> str:
     if weights is None:
         return DOWNLOADED_WEIGHTS
     stat = Path(weights).stat()
-    return f"sha256:{_file_digest(str(weights), stat.st_size, stat.st_mtime_ns)}"
+    return f"sha256:{_file_digest(str(weights), stat.st_size, stat.st_mtime_ns)[:16]}"
 
 
 def load_inception(weights: str | None) -> NoTrainInceptionV3:
@@ -80,18 +87,16 @@ def load_inception(weights: str | None) -> NoTrainInceptionV3:
     path = Path(weights).expanduser()
     if not path.is_file():
         raise UserInputError(f"FID weights file {path} does not exist; {WEIGHTS_HELP}")
-    try:
-        # weights_only first: a clear error for a corrupt file, and no pickled code runs
-        # (torch-fidelity itself loads with weights_only=False).
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or "Mixed_7c.branch_pool.conv.weight" not in state:
-            raise ValueError("not a state dict of the FID Inception network")
-        return NoTrainInceptionV3("inception-v3-compat", [str(FEATURE_DIM)], str(path), antialias=False)
-    except Exception as e:
+    stat = path.stat()
+    digest = _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
+    if digest not in KNOWN_WEIGHTS:
+        known = " or ".join(f"{name} (sha256 {sha[:8]}...)" for sha, name in KNOWN_WEIGHTS.items())
         raise UserInputError(
-            f"FID weights file {path} is corrupt or not the FID Inception network ({type(e).__name__}: {e}); "
-            f"{WEIGHTS_HELP}"
-        ) from e
+            f"FID weights file {path} (sha256 {digest[:8]}...) is not the FID Inception weights: a "
+            f"different, truncated or corrupt file. Expected {known}; {WEIGHTS_HELP}"
+        )
+    # A known file: torch-fidelity's own loading (weights_only=False) runs no unknown code.
+    return NoTrainInceptionV3("inception-v3-compat", [str(FEATURE_DIM)], str(path), antialias=False)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -103,10 +104,11 @@ def nan_loss_at(monkeypatch: pytest.MonkeyPatch, call: int) -> list[int]:
     return calls
 
 
-def random_inception_weights(path: Path, seed: int = 0) -> Path:
+def random_inception_weights(path: Path, seed: int = 0, monkeypatch: pytest.MonkeyPatch | None = None) -> Path:
     """A weights file of the FID Inception network with seeded random (He-normal) convolution
     weights: the architecture without the 96 MB download, for checks of a device's arithmetic
-    (GPU vs CPU features), not of FID values."""
+    (GPU vs CPU features), not of FID values. With ``monkeypatch``, the project accepts the
+    file for the test (it refuses weights other than the FID network's)."""
     import torch_fidelity.feature_extractor_inceptionv3 as fidelity
     from torchmetrics.image.fid import NoTrainInceptionV3
 
@@ -122,4 +124,9 @@ def random_inception_weights(path: Path, seed: int = 0) -> Path:
             tensor = torch.randn(tensor.shape, generator=generator) * (2 / tensor[0].numel()) ** 0.5
         state[name] = tensor
     torch.save(state, path)
+    if monkeypatch is not None:
+        import dcgan.metrics
+
+        sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        monkeypatch.setitem(dcgan.metrics.KNOWN_WEIGHTS, sha256, "seeded random weights (a test's)")
     return path

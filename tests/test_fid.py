@@ -26,7 +26,7 @@ from dcgan.metrics import (
     shard,
     weights_identity,
 )
-from tests.helpers import datamodule
+from tests.helpers import datamodule, random_inception_weights
 
 
 def reference_datamodule(dataset: str, settings: dict[str, Any], split: str) -> ImageDataModule:
@@ -63,6 +63,19 @@ def test_real_halves_are_far_closer_than_noise(extractor: InceptionFeatures, mni
     real_scores, noise_scores = (scorer.score(lambda x: x, to_unit_range(x)) for x in (real_b, noise))
     assert min(real_scores["precision"], real_scores["recall"]) > 0.5
     assert noise_scores["precision"] == 0.0 and noise_scores["recall"] == 0.0
+
+
+# FID of the MNIST test images 0-199 against 200-399, by an implementation independent of the
+# project's scoring path: torch-fidelity 0.4.0's own pipeline, on the same weights file,
+#   torch_fidelity.calculate_metrics(input1=<images 0-199>, input2=<images 200-399>, fid=True,
+#       cuda=False, feature_extractor_weights_path=<the FID weights>, cache=False)
+# with the images as uint8 RGB tensors (gray repeated to 3 channels), computed once on a CPU.
+TORCH_FIDELITY_FID = 33.81429413253633
+
+
+def test_fid_agrees_with_torch_fidelity_on_real_images(extractor: InceptionFeatures, mnist_test: torch.Tensor) -> None:
+    fid = scored_fid(extractor, extractor(mnist_test[200:400]), mnist_test[:200])
+    assert abs(fid - TORCH_FIDELITY_FID) < 1e-3, fid
 
 
 def test_precision_and_recall_tell_realism_from_variety() -> None:
@@ -205,19 +218,24 @@ def test_missing_weights_file(tmp_path: Path) -> None:
         InceptionFeatures(str(tmp_path / "nope.pth"), "auto")
 
 
-def test_corrupt_weights_file(tmp_path: Path, fid_weights: Path) -> None:
+def test_weights_other_than_the_fid_networks_are_refused(tmp_path: Path, fid_weights: Path) -> None:
     (tmp_path / "junk.pth").write_bytes(b"\x00" * 1000)
-    with pytest.raises(
-        UserInputError, match=r"junk.pth is corrupt or not the FID Inception network.*DCGAN_FID_WEIGHTS"
-    ):
+    expected = (
+        r"\(sha256 [0-9a-f]{8}\.\.\.\) is not the FID Inception weights: a different, truncated or corrupt "
+        r"file. Expected weights-inception-2015-12-05-6726825d.pth \(sha256 6726825d\.\.\.\) or "
+        r"inception-2015-12-05-fid-features-only.pth \(sha256 0a714eca\.\.\.\); set eval.weights"
+    )
+    with pytest.raises(UserInputError, match=f"junk.pth {expected}") as info:
         InceptionFeatures(str(tmp_path / "junk.pth"), "auto")
+    assert "weights_only" not in str(info.value) and info.value.__cause__ is None  # no torch text
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(fid_weights.read_bytes()[:10_000_000])
-    with pytest.raises(UserInputError, match="truncated.pth is corrupt"):
+    with pytest.raises(UserInputError, match=f"truncated.pth {expected}"):
         InceptionFeatures(str(truncated), "auto")
-    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(UserInputError, match="not a state dict of the FID Inception network"):
-        InceptionFeatures(str(tmp_path / "other.pth"), "auto")
+    # The network's own architecture with other weights: a valid file, not the FID network.
+    other = random_inception_weights(tmp_path / "other.pth")
+    with pytest.raises(UserInputError, match=f"other.pth {expected}"):
+        InceptionFeatures(str(other), "auto")
 
 
 def test_no_weights_offline_says_what_to_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -65,10 +65,10 @@ def test_a_nan_loss_on_the_gpu_drops_the_update_on_the_device_and_stops_at_the_n
     assert last["epoch"] == 0 and all(torch.isfinite(t).all() for t in last["state_dict"].values())
 
 
-def test_fid_features_on_the_gpu_agree_with_the_cpu(tmp_path: Path) -> None:
+def test_fid_features_on_the_gpu_agree_with_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The Inception network with seeded random weights (the real ones need not travel to a
     GPU machine): the same arithmetic on both devices, up to summation order."""
-    weights = str(random_inception_weights(tmp_path / "inception.pth"))
+    weights = str(random_inception_weights(tmp_path / "inception.pth", monkeypatch=monkeypatch))
     images = torch.randint(0, 256, (32, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     cpu = InceptionFeatures(weights, batch_size=16)(images)
     gpu = InceptionFeatures(weights, batch_size=16).cuda()(images).cpu()

@@ -83,10 +83,12 @@ def test_the_summary_of_recorded_results() -> None:
     assert "| float32 | 64 | 128 | 9000 | 10000 | 0.90 | 1.00x | 812.5 |" in text
 
 
-def test_random_inception_weights_load_and_give_features_that_differ_per_image(tmp_path: Path) -> None:
+def test_random_inception_weights_load_and_give_features_that_differ_per_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What the GPU-vs-CPU feature test compares: the FID network's path, with weights that keep
     the activations' scale (default initialisation shrinks them towards 0 over the layers)."""
-    weights = str(random_inception_weights(tmp_path / "inception.pth"))
+    weights = str(random_inception_weights(tmp_path / "inception.pth", monkeypatch=monkeypatch))
     images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     features = InceptionFeatures(weights, batch_size=4)(images)
     assert features.shape == (4, 2048) and features.abs().max() > 0.1
