@@ -87,11 +87,23 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, KeyError, OSError) as e:
         raise UserInputError(
-            f"{path} is not a readable checkpoint ({type(e).__name__}: {e}); it may be truncated or not a .ckpt file"
+            f"{path} is not a readable checkpoint ({_one_line(e)}); it may be truncated or not a .ckpt file"
         ) from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise UserInputError(f"{path} is not a DCGAN checkpoint written by train.py (no state_dict/hyper_parameters)")
     return ckpt
+
+
+def _one_line(error: BaseException) -> str:
+    """The cause of a failed torch.load in one line: for a weights-only unpickling error, its
+    own reason, without torch's advice to retry with ``weights_only=False`` (which would run
+    whatever code the file holds)."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = marker + " " + text.split(marker, 1)[1].split("Check the documentation of torch.load", 1)[0]
+    reason = " ".join(text.split())  # one line
+    return f"{type(error).__name__}: {reason}" if reason else type(error).__name__
 
 
 @dataclass

@@ -417,3 +417,12 @@ def test_truncated_checkpoint_names_the_file(smoke_run: Path, tmp_path: Path) ->
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(UserInputError, match=f"{truncated} is not a readable checkpoint .* may be truncated"):
         generate(compose_generate(f"checkpoint={truncated}", f"out_dir={tmp_path}"))
+
+
+def test_generate_refuses_bad_settings(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match="does not exist"):
+        generate(compose_generate(f"checkpoint={tmp_path / 'nope.ckpt'}", f"out_dir={tmp_path}"))
+    with pytest.raises(UserInputError, match="^mode='video' is not known; choose one of grid, samples, interpolate"):
+        generate(compose_generate("mode=video", f"checkpoint={tmp_path}"))
+    with pytest.raises(UserInputError, match="^required setting.s. not given: checkpoint"):
+        generate(compose_generate())
