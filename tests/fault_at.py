@@ -1,10 +1,10 @@
 """Run train.py with a fault at a chosen batch, and a record of what it trained: faults at a
 known place in the run on any machine, instead of signals timed by sleeping.
 
-    python -m tests.fault_at RECORD FAULT EPOCH BATCH [train.py overrides...]
+    FAULT_AT=RECORD,FAULT,EPOCH,BATCH[,RANK] python tests/fault_at.py [train.py overrides...]
 
 FAULT, at batch BATCH of epoch EPOCH (both 1-based, counted as Lightning counts them, also in
-a resumed run):
+a resumed run), in the process of rank RANK (default: every process):
 - SIGINT, SIGTERM or SIGKILL, sent by the process to itself once the batch is done: Ctrl-C
   and SIGTERM are acted on as a user's would be, SIGKILL ends the process like ``kill -9``;
 - ``SIGINT2``: Ctrl-C twice as the batch starts;
@@ -12,16 +12,18 @@ a resumed run):
 - ``none``: no fault.
 
 RECORD (a JSON-lines file, appended to, so the processes of one run add up) gets a line per
-trained batch, ``{"epoch", "batch", "labels"}``, and per finished epoch ``{"epoch", "state"}``,
-a digest of the weights and both optimizers' states at the epoch's end.
+trained batch, ``{"rank", "epoch", "batch", "labels"}``, and per finished epoch ``{"rank",
+"epoch", "state"}``, a digest of the weights and both optimizers' states at the epoch's end.
+The settings travel in the environment, so the processes a DDP run starts (which run this
+script again) have the fault too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
-import runpy
 import signal
 import sys
 from pathlib import Path
@@ -29,7 +31,7 @@ from typing import Any
 
 import torch
 
-from tests.helpers import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 
 def digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -41,21 +43,25 @@ def digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def main() -> None:
-    record, fault, epoch, batch, *overrides = sys.argv[1:]
-    at = (int(epoch), int(batch))
+    record, fault, epoch, batch, *rank = os.environ["FAULT_AT"].split(",")
+    at, only_rank = (int(epoch), int(batch)), (int(rank[0]) if rank else None)
+    sys.path.insert(0, str(REPO))
 
     import lightning as L
 
     import dcgan.module
     from dcgan import loop
 
-    def write(line: dict[str, Any]) -> None:
+    def write(trainer: L.Trainer, line: dict[str, Any]) -> None:
         with open(record, "a") as f:
-            f.write(json.dumps(line) + "\n")
+            f.write(json.dumps({"rank": trainer.global_rank} | line) + "\n")
 
     def position(trainer: L.Trainer) -> tuple[int, int]:
         # Lightning counts a batch as completed after its end hooks: hence + 1 during them.
         return trainer.current_epoch + 1, loop.batches_into_epoch(trainer) + 1
+
+    def here(trainer: L.Trainer) -> bool:
+        return position(trainer) == at and only_rank in (None, trainer.global_rank)
 
     nan_now = False
     real_loss = dcgan.module.discriminator_loss
@@ -69,8 +75,8 @@ def main() -> None:
     class FaultAt(L.Callback):
         def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
             nonlocal nan_now
-            nan_now = fault == "nan" and position(trainer) == at
-            if fault == "SIGINT2" and position(trainer) == at:
+            nan_now = fault == "nan" and here(trainer)
+            if fault == "SIGINT2" and here(trainer):
                 os.kill(os.getpid(), signal.SIGINT)
                 os.kill(os.getpid(), signal.SIGINT)
 
@@ -78,8 +84,8 @@ def main() -> None:
             self, trainer: L.Trainer, module: L.LightningModule, out: Any, batch: Any, i: int
         ) -> None:
             e, b = position(trainer)
-            write({"epoch": e, "batch": b, "labels": batch[1].tolist()})
-            if (e, b) == at and fault in ("SIGINT", "SIGTERM", "SIGKILL"):
+            write(trainer, {"epoch": e, "batch": b, "labels": batch[1].tolist()})
+            if here(trainer) and fault in ("SIGINT", "SIGTERM", "SIGKILL"):
                 os.kill(os.getpid(), signal.Signals[fault])
 
         def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -87,7 +93,7 @@ def main() -> None:
             tensors = dict(module.state_dict()) | {
                 f"{o}.{p}.{k}": v for o, s in states.items() for p, d in s.items() for k, v in d.items()
             }
-            write({"epoch": trainer.current_epoch + 1, "state": digest(tensors)})
+            write(trainer, {"epoch": trainer.current_epoch + 1, "state": digest(tensors)})
 
     # Every Trainer train.py builds gets the callback, first: a signal lands before the other
     # callbacks' end-of-batch work, as one arriving during the batch would.
@@ -98,8 +104,12 @@ def main() -> None:
 
     L.Trainer.__init__ = trainer_with_fault  # type: ignore[method-assign]
     Path(record).parent.mkdir(parents=True, exist_ok=True)
-    sys.argv = [str(REPO / "train.py"), *overrides]
-    runpy.run_path(str(REPO / "train.py"), run_name="__main__")
+    # train.py run as __main__ (Hydra finds conf/ by its file), with sys.argv left this
+    # script's (runpy would set it to train.py's): Lightning starts a DDP run's other processes
+    # with sys.argv, so they get the fault too.
+    spec = importlib.util.spec_from_file_location("__main__", REPO / "train.py")
+    assert spec is not None and spec.loader is not None
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 
 if __name__ == "__main__":

@@ -68,13 +68,16 @@ class Result(NamedTuple):
     output: str  # stdout and stderr
 
 
-def fault_run(data_dir: Path, record: Path, fault: str, at: tuple[int, int], *overrides: str) -> Result:
-    """train.py with ``fault`` after batch ``at`` = (epoch, batch) (tests/fault_at.py), what
-    it trained appended to ``record``."""
+def fault_run(
+    data_dir: Path, record: Path, fault: str, at: tuple[int, int], *overrides: str, rank: int | None = None
+) -> Result:
+    """train.py with ``fault`` at batch ``at`` = (epoch, batch) (tests/fault_at.py), in the
+    process of ``rank`` (None: all), what it trained appended to ``record``."""
+    spec = ",".join(map(str, [record, fault, *at, *([] if rank is None else [rank])]))
     result = subprocess.run(
-        [sys.executable, "-m", "tests.fault_at", str(record), fault, *map(str, at), *overrides],
+        [sys.executable, str(REPO / "tests" / "fault_at.py"), *overrides],
         cwd=REPO,
-        env=cpu_only(os.environ | {"DCGAN_DATA_DIR": str(data_dir)}),
+        env=cpu_only(os.environ | {"DCGAN_DATA_DIR": str(data_dir), "FAULT_AT": spec}),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -175,6 +178,37 @@ def test_a_diverged_run_exits_1_and_records_the_failure(tmp_path: Path, data_dir
     assert "Traceback" not in result.output
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "failed" and metrics["error"].startswith("TrainingDiverged: d_loss is nan")
+
+
+def last_batch_per_rank(record: Path) -> dict[int, tuple[int, int]]:
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    return {x["rank"]: (x["epoch"], x["batch"]) for x in lines if "batch" in x}
+
+
+@pytest.mark.slow
+def test_under_ddp_a_nan_on_one_rank_stops_every_rank_at_that_batch(tmp_path: Path, data_dir: Path) -> None:
+    run, record = tmp_path / "run", tmp_path / "record.jsonl"
+    result = fault_run(data_dir, record, "nan", (2, 3), *EPOCHS, "trainer=ddp_cpu", f"hydra.run.dir={run}", rank=1)
+    assert result.returncode == 1, result.output[-3000:]
+    assert "error: d_loss is nan at epoch 2, batch 3 (batch 11 of the run)" in result.output  # rank 1
+    assert "error: d_loss is not finite on another process at epoch 2, batch 3" in result.output  # rank 0
+    assert last_batch_per_rank(record) == {0: (2, 2), 1: (2, 2)}  # neither made batch 3's update
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "not finite on another process" in metrics["error"]
+
+
+@pytest.mark.slow
+def test_under_ddp_sigterm_saves_one_checkpoint_and_every_rank_exits(tmp_path: Path, data_dir: Path) -> None:
+    """SIGTERM to rank 0 (the process a scheduler or ``kill`` reaches) after batch 3 of epoch 2:
+    both ranks stop after that batch, one interrupted.ckpt is written, the run exits 143."""
+    run, record = tmp_path / "run", tmp_path / "record.jsonl"
+    result = fault_run(data_dir, record, "SIGTERM", (2, 3), *EPOCHS, "trainer=ddp_cpu", f"hydra.run.dir={run}", rank=0)
+    assert result.returncode == 128 + signal.SIGTERM, result.output[-3000:]
+    assert "Traceback" not in result.output
+    assert last_batch_per_rank(record) == {0: (2, 3), 1: (2, 3)}
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["interrupted.ckpt", "last.ckpt"]
+    assert loop.data_position(torch.load(run / "checkpoints" / "interrupted.ckpt", weights_only=True)) == (1, 3)
+    assert json.loads((run / "metrics.json").read_text())["status"] == "interrupted"
 
 
 QUICK = ("experiment=smoke", "eval.fid=false", "logger=csv", "+trainer.enable_progress_bar=false")
