@@ -46,8 +46,10 @@ WEIGHTS_HELP = (
     "e.g. weights-inception-2015-12-05-6726825d.pth); or turn FID off with eval.fid=false"
 )
 # The weights files FID may be computed with, by sha256: with other weights, FID is a number
-# no published table and no other run can be compared with. (The features-only file is the
-# release file with the classification layer zero-filled: FID and KID are the same.)
+# no published table and no other run can be compared with. The release file's hash is the one
+# published by its users (its first 8 digits are the file name's, torch hub's naming rule); the
+# features-only file (../shared/weights) has the classification layer zero-filled, which FID
+# and KID do not use.
 KNOWN_WEIGHTS = {
     "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2": "weights-inception-2015-12-05-6726825d.pth",
     "0a714eca5933519ab636d26f170d06967513542240c88800f96ba23f7d533cda": "inception-2015-12-05-fid-features-only.pth",
