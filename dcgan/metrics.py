@@ -369,6 +369,16 @@ class FIDScorer:
         return result
 
 
+def frechet_distance(real: Tensor, fake: Tensor) -> float:
+    """FID between two sets of features (N, 2048), as ``FIDScorer`` computes it."""
+    metric = FrechetInceptionDistance(feature=PassThrough(), reset_real_features=False)
+    for chunk in real.split(2048):
+        metric.update(chunk, real=True)
+    for chunk in fake.split(2048):
+        metric.update(chunk, real=False)
+    return float(metric.compute())
+
+
 def shard(tensor: Tensor, rank: int, world_size: int) -> Tensor:
     """Rows ``rank, rank + world_size, ...``: disjoint shares that together cover ``tensor``."""
     return tensor[rank::world_size]

@@ -23,10 +23,11 @@ from dcgan.metrics import (
     InceptionFeatures,
     precision_recall,
     reference_features,
+    reference_indices,
     shard,
     weights_identity,
 )
-from tests.helpers import datamodule, random_inception_weights
+from tests.helpers import REPO, datamodule, random_inception_weights
 
 
 def reference_datamodule(dataset: str, settings: dict[str, Any], split: str) -> ImageDataModule:
@@ -310,3 +311,28 @@ def test_scores_under_two_processes_match_one(tmp_path: Path, monkeypatch: pytes
     assert 0 < single["precision"] < 1  # 0.43: a score that depends on which images are compared
     # KID averages random subsets: equal up to float rounding of the summation order
     assert per_rank[0]["kid_mean"] == pytest.approx(per_rank[1]["kid_mean"], rel=1e-5)
+
+
+def test_the_real_data_floor_command(extractor: InceptionFeatures, mnist_test: torch.Tensor, data_dir: Path) -> None:
+    """tools/fid_floor.py: N training images (the references' fixed subset) against test images,
+    checked against features computed here and the Fréchet distance in closed form (scipy)."""
+    import sys
+
+    import numpy as np
+    from scipy import linalg
+
+    sys.path.insert(0, str(REPO / "tools"))
+    from fid_floor import floor
+
+    record = floor(["num_samples=32", "reference_samples=64", f"paths.data_dir={data_dir}"])
+    assert {k: record[k] for k in ("dataset", "num_samples", "num_reference", "reference_split")} == {
+        "dataset": "mnist", "num_samples": 32, "num_reference": 64, "reference_split": "test"
+    }  # fmt: skip
+    train = load_mnist("mnist", data_dir, "train", download=False)[0]
+    a = extractor(train[reference_indices(len(train), 32)]).double().numpy()
+    b = extractor(mnist_test[reference_indices(len(mnist_test), 64)]).double().numpy()
+    covmean = linalg.sqrtm(np.cov(a, rowvar=False) @ np.cov(b, rowvar=False)).real
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(
+        np.cov(a, rowvar=False) + np.cov(b, rowvar=False) - 2 * covmean
+    )
+    assert record["fid"] == pytest.approx(expected, rel=1e-3)
