@@ -93,7 +93,8 @@ class Generator(nn.Module):
     Then each stage is ConvTranspose(4, stride 2) + BatchNorm + ReLU; the last stage
     outputs the image channels through Tanh. ``num_classes`` > 0: every BatchNorm is a
     ``ConditionalBatchNorm`` and ``forward`` takes the labels. ``spectral``: spectral norm on
-    every layer's weight as well (Zhang et al. 2019, SAGAN), BatchNorm kept.
+    every layer's weight as well (Zhang et al. 2019, SAGAN), BatchNorm kept. ``fc_width`` > 0:
+    a hidden fully connected layer (+ BatchNorm + ReLU) of that width maps z before the stem.
     """
 
     def __init__(
@@ -106,11 +107,13 @@ class Generator(nn.Module):
         stem: GeneratorStem = "conv",
         num_classes: int = 0,
         spectral: bool = False,
+        fc_width: int = 0,
     ) -> None:
         super().__init__()
         start, stages = stage_layout(image_size)
         for name, value in (("latent_dim", latent_dim), ("g_width", width), ("max_width", max_width)):
             integer(value, f"model.{name}")
+        integer(fc_width, "model.fc_width", minimum=0)
         choice(stem, "model.g_stem", GENERATOR_STEMS)
         self.latent_dim = latent_dim
         self.stem_kind = stem
@@ -126,15 +129,23 @@ class Generator(nn.Module):
         widths = [min(width * 2 ** (stages - 1 - i), max_width) for i in range(stages)]
         c0 = widths[0]
         self.start = start
+        # An optional hidden layer between z and the stem (InfoGAN's and Lucic et al. 2018's
+        # MNIST generator: FC 1024): capacity that costs little compute at 28 px.
+        self.fc: _Stages | None = None
+        if fc_width > 0:
+            self.fc = _Stages(
+                nn.Linear(latent_dim, fc_width, bias=False), norm(fc_width, dims=1), nn.ReLU(inplace=True)
+            )
+        stem_in = fc_width or latent_dim
         if stem == "conv":
             self.stem = _Stages(
-                nn.ConvTranspose2d(latent_dim, c0, kernel_size=start, stride=1, padding=0, bias=False),
+                nn.ConvTranspose2d(stem_in, c0, kernel_size=start, stride=1, padding=0, bias=False),
                 norm(c0),
                 nn.ReLU(inplace=True),
             )
         else:
             self.stem = _Stages(
-                nn.Linear(latent_dim, c0 * start * start, bias=False),
+                nn.Linear(stem_in, c0 * start * start, bias=False),
                 norm(c0 * start * start, dims=1),
                 nn.ReLU(inplace=True),
                 nn.Unflatten(1, (c0, start, start)),
@@ -156,8 +167,10 @@ class Generator(nn.Module):
         """(N, latent_dim) and, for a conditional G, class labels (N,) (or class weights (N, classes),
         see ``ConditionalBatchNorm``) -> (N, C, S, S) in [-1, 1]."""
         _check_labels(labels, self.num_classes, "G")
+        if self.fc is not None:
+            z = self.fc(z, labels)
         if self.stem_kind == "conv":
-            z = z.view(z.shape[0], self.latent_dim, 1, 1)
+            z = z.view(z.shape[0], -1, 1, 1)
         return self.blocks(self.stem(z, labels), labels)
 
 
@@ -172,7 +185,9 @@ class Discriminator(nn.Module):
     constant; ``norm="none"`` drops them (WGAN-GP's penalty is per image, BatchNorm mixes
     the images of a batch). ``num_classes`` > 0: a projection discriminator (Miyato & Koyama
     2018): the logit gains the inner product of a class embedding with D's features summed
-    over the start grid, and ``forward`` takes the labels.
+    over the start grid (or its hidden FC layer's), and ``forward`` takes the labels.
+    ``fc_width`` > 0: the start grid is flattened into a hidden fully connected layer of that
+    width, then the logit (InfoGAN's MNIST discriminator).
     """
 
     def __init__(
@@ -184,11 +199,13 @@ class Discriminator(nn.Module):
         dropout: float = 0.0,
         norm: str = "batch",
         num_classes: int = 0,
+        fc_width: int = 0,
     ) -> None:
         super().__init__()
         start, stages = stage_layout(image_size)
         for name, value in (("d_width", width), ("max_width", max_width)):
             integer(value, f"model.{name}")
+        integer(fc_width, "model.fc_width", minimum=0)
         require(0.0 <= dropout < 1.0, "model.d_dropout", dropout, "must be in [0, 1)")
         choice(norm, "model.d_norm", D_NORMS)
         widths = [min(width * 2**i, max_width) for i in range(stages)]
@@ -202,7 +219,18 @@ class Discriminator(nn.Module):
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             in_ch = out_ch
-        layers.append(nn.Conv2d(in_ch, 1, kernel_size=start, stride=1, padding=0, bias=False))
+        if fc_width > 0:
+            # InfoGAN's and Lucic et al. 2018's MNIST discriminator: FC 1024 before the logit.
+            layers += [nn.Flatten(), nn.Linear(in_ch * start * start, fc_width, bias=False)]
+            if norm == "batch":
+                layers.append(nn.BatchNorm1d(fc_width))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            in_ch = fc_width
+            layers.append(nn.Linear(fc_width, 1, bias=False))
+        else:
+            layers.append(nn.Conv2d(in_ch, 1, kernel_size=start, stride=1, padding=0, bias=False))
         self.net = nn.Sequential(*layers)
         self.num_classes = num_classes
         self.embed = nn.Embedding(num_classes, in_ch) if num_classes > 0 else None
@@ -218,7 +246,8 @@ class Discriminator(nn.Module):
         *body, head = self.net
         for layer in body:
             x = layer(x)
-        projection = (self.embed(labels) * x.sum(dim=(2, 3))).sum(dim=1)
+        features = x.sum(dim=(2, 3)) if x.dim() == 4 else x
+        projection = (self.embed(labels) * features).sum(dim=1)
         return head(x).flatten() + projection
 
 

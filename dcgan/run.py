@@ -50,6 +50,7 @@ RESUMABLE = (INTERRUPTED_CKPT, "last.ckpt")
 # older checkpoints load, resume and generate as they were trained.
 ADDED_SETTINGS: dict[str, Any] = {
     "g_spectral": False,
+    "fc_width": 0,
     "conditional": False,
     "num_classes": None,
     "r1_weight": 0.0,
@@ -67,6 +68,7 @@ SHAPE_KEYS: tuple[str, ...] = (
     "d_width",
     "max_width",
     "g_stem",
+    "fc_width",
     "d_norm",
     "g_spectral",
     "conditional",

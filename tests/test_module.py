@@ -19,6 +19,7 @@ TINY = {
     "d_width": 4,
     "max_width": 16,
     "g_stem": "conv",
+    "fc_width": 0,
     "d_dropout": 0.0,
     "d_norm": "batch",
     "g_spectral": False,
@@ -168,12 +169,12 @@ def test_generate_uses_eval_mode_and_restores_it() -> None:
 
 
 def test_checkpoint_rebuilds_the_generator_alone(tmp_path: Path) -> None:
-    model = tiny_model(g_stem="dense")
+    model = tiny_model(g_stem="dense", fc_width=16)
     trainer = fit(model, batches=2, tmp_path=tmp_path)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
     loaded = DCGAN.load_from_checkpoint(path, weights_only=True)
-    assert loaded.hparams.g_stem == "dense"
+    assert loaded.hparams.g_stem == "dense" and loaded.generator.fc is not None
     assert torch.equal(loaded.fixed_noise, model.fixed_noise)
     assert torch.equal(loaded.generate(loaded.fixed_noise), model.generate(model.fixed_noise))
     with pytest.raises(RuntimeError, match="without optimizer factories"):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from dcgan.errors import UserInputError
-from dcgan.networks import SUPPORTED_IMAGE_SIZES, Discriminator, Generator, stage_layout
+from dcgan.networks import SUPPORTED_IMAGE_SIZES, ConditionalBatchNorm, Discriminator, Generator, stage_layout
 
 
 @pytest.mark.parametrize("image_size", SUPPORTED_IMAGE_SIZES)
@@ -104,3 +104,46 @@ def test_spectral_norm_bounds_every_layer_of_d(image_size: int) -> None:
     assert any(isinstance(m, nn.BatchNorm2d) for m in Discriminator(image_size, 3, 8, 32).modules())
     with pytest.raises(UserInputError, match="model.d_norm='layer' is not known; choose one of batch, spectral, none"):
         Discriminator(image_size, 3, 8, 32, norm="layer")
+
+
+@pytest.mark.parametrize("image_size", SUPPORTED_IMAGE_SIZES)
+@pytest.mark.parametrize("stem", ["conv", "dense"])
+def test_a_hidden_fc_layer_maps_z_in_g_and_ends_d(image_size: int, stem: str) -> None:
+    start, stages = stage_layout(image_size)
+    last_width = min(4 * 2 ** (stages - 1), 16)
+    g = Generator(image_size, 1, latent_dim=10, width=4, max_width=16, stem=stem, fc_width=24)
+    d = Discriminator(image_size, 1, width=4, max_width=16, fc_width=24)
+    fc = g.fc[0]
+    assert isinstance(fc, nn.Linear) and (fc.in_features, fc.out_features) == (10, 24)
+    stem_in = g.stem[0]
+    assert (stem_in.in_features if stem == "dense" else stem_in.in_channels) == 24  # the stem reads the FC layer
+    linears = [m for m in d.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(last_width * start * start, 24), (24, 1)]
+    assert isinstance(d.net[-1], nn.Linear)  # the logit comes from the FC layer, not a start x start conv
+    images = g(torch.randn(3, 10))
+    assert images.shape == (3, 1, image_size, image_size)
+    assert d(images).shape == (3,)
+    # without it the networks are the ones every earlier checkpoint holds
+    assert Generator(image_size, 1, 10, 4, 16, stem=stem).fc is None
+    assert not any(isinstance(m, nn.Linear) for m in Discriminator(image_size, 1, 4, 16).modules())
+
+
+def test_the_fc_layers_take_their_norms_and_classes() -> None:
+    torch.manual_seed(0)
+    d = Discriminator(28, 1, width=4, max_width=16, norm="spectral", num_classes=10, fc_width=24)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in d.modules())
+    x, labels = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    for _ in range(30):
+        d(x, labels)
+    for linear in (m for m in d.net if isinstance(m, nn.Linear)):
+        assert torch.linalg.matrix_norm(linear.weight.detach(), ord=2).item() == pytest.approx(1.0, abs=0.02)
+    assert d.embed.embedding_dim == 24  # the projection reads the FC layer's features
+    assert not torch.equal(d(x, labels), d(x, torch.tensor([4, 5, 6, 7])))
+    assert any(isinstance(m, nn.BatchNorm1d) for m in Discriminator(28, 1, 4, 16, fc_width=24).modules())
+    g = Generator(28, 1, latent_dim=10, width=4, max_width=16, num_classes=10, fc_width=24).eval()
+    assert isinstance(g.fc[1], ConditionalBatchNorm)  # the class steers the FC layer too
+    assert g(torch.randn(4, 10), torch.tensor([3, 3, 4, 4])).shape == (4, 1, 28, 28)
+    with pytest.raises(UserInputError, match="model.fc_width=-1 must be an integer >= 0"):
+        Generator(28, 1, latent_dim=10, width=4, max_width=16, fc_width=-1)
+    with pytest.raises(UserInputError, match="model.fc_width=1.5 must be an integer >= 0"):
+        Discriminator(28, 1, width=4, max_width=16, fc_width=1.5)  # type: ignore[arg-type]
