@@ -1,10 +1,13 @@
 """Images and scores from a trained DCGAN: `python generate.py [mode=grid|fid] checkpoint=<ckpt or run dir>`."""
 
-import hydra
-from omegaconf import DictConfig
+from dcgan.errors import entry_point
 
-from dcgan.cli import run_or_exit
-from dcgan.generate import generate
+with entry_point():  # before the imports: Ctrl-C while torch loads ends in one line
+    import hydra
+    from omegaconf import DictConfig
+
+    from dcgan.cli import run_or_exit
+    from dcgan.generate import generate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
@@ -13,4 +16,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with entry_point():
+        main()

@@ -1,10 +1,13 @@
 """Train a DCGAN: `python train.py [experiment=...] [overrides...]`. See README.md."""
 
-import hydra
-from omegaconf import DictConfig
+from dcgan.errors import entry_point
 
-from dcgan.cli import run_or_exit
-from dcgan.train import objective, train
+with entry_point():  # before the imports: Ctrl-C while torch loads ends in one line
+    import hydra
+    from omegaconf import DictConfig
+
+    from dcgan.cli import run_or_exit
+    from dcgan.train import objective, train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -14,4 +17,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    with entry_point():
+        main()

@@ -5,6 +5,10 @@ the error's ``exit_code``; anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class ReportedError(Exception):
     """An error whose message says all a user needs: what went wrong and what to do."""
@@ -38,6 +42,38 @@ class TrainingInterrupted(ReportedError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+@contextmanager
+def entry_point() -> Iterator[None]:
+    """Wrap an entry script's imports and its Hydra ``main()``, the parts no run handles itself:
+
+    - Ctrl-C there (importing torch takes seconds) ends with one line and exit 130, not a
+      ``KeyboardInterrupt`` traceback; once training starts, its own handler saves the state.
+    - A config Hydra cannot compose (``dataset=cifar10``, a malformed override) is an input
+      mistake like any other: exit 2, where Hydra exits 1 after printing its message.
+
+    This module imports nothing heavy, so a script can enter this before importing the rest.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("interrupted: Ctrl-C before training began; nothing to save", file=sys.stderr)
+        raise SystemExit(130) from None
+    except SystemExit as e:
+        # Hydra prints a composition error and calls sys.exit(1) while handling it, so the
+        # error is the exit's context.
+        if e.code == 1 and _is_config_error(e.__context__):
+            raise SystemExit(UserInputError.exit_code) from None
+        raise
+
+
+def _is_config_error(error: BaseException | None) -> bool:
+    if error is None or "hydra" not in sys.modules:
+        return False
+    from hydra.errors import CompactHydraException  # Hydra's errors about the config, not the run
+
+    return isinstance(error, CompactHydraException)
 
 
 # --------------------------------------------------------------------------------------------

@@ -203,12 +203,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         base |= resumed.job() | {"resumed_from": cfg.ckpt_path}
     try:
         record = _train(cfg, output_dir, resumed)
-    except Exception as e:
+    except (Exception, KeyboardInterrupt) as e:  # Ctrl-C before training: entry_point's one line
         # A refused resume (a bad setting, other network settings, a finished run) keeps the
         # run's record: it still describes the run's last training.
         if rank_zero_only.rank == 0 and (resumed is None or resumed.started):
-            status = "interrupted" if isinstance(e, TrainingInterrupted) else "failed"
-            failed = {"status": status, "error": f"{type(e).__name__}: {e}"}
+            status = "interrupted" if isinstance(e, TrainingInterrupted | KeyboardInterrupt) else "failed"
+            error = "Ctrl-C before training began" if isinstance(e, KeyboardInterrupt) else e
+            failed = {"status": status, "error": f"{type(e).__name__}: {error}"}
             write_run_record(output_dir, failed | base | {"wall_s": round(time.perf_counter() - start, 1)})
         raise
     record = {"status": "completed", **base, **record, "wall_s": round(time.perf_counter() - start, 1)}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.abc
+import runpy
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,10 +17,10 @@ from omegaconf import DictConfig
 
 from dcgan.callbacks import FIDCallback
 from dcgan.datasets import ImageDataModule
-from dcgan.errors import UserInputError
+from dcgan.errors import UserInputError, entry_point
 from dcgan.module import DCGAN
 from dcgan.train import build
-from tests.helpers import CONF, write_image_tree
+from tests.helpers import CONF, REPO, write_image_tree
 
 
 def options(group: str) -> list[str]:
@@ -200,3 +203,41 @@ def test_fid_evaluation_does_not_change_training(compose_cfg: Callable[..., Dict
     without = losses("a", "eval.fid=false")
     assert set(without) == {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"}
     assert losses("b", "eval.fid=true", "eval.kid=true") == without
+
+
+def test_ctrl_c_while_an_entry_script_imports_ends_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while train.py imports torch and the project (before any run exists): exit 130
+    and one line, not a KeyboardInterrupt traceback."""
+
+    class CtrlC(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, *args: object) -> None:
+            if name == "dcgan.train":
+                raise KeyboardInterrupt
+
+    monkeypatch.delitem(sys.modules, "dcgan.train", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [CtrlC(), *sys.meta_path])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(REPO / "train.py"), run_name="__main__")
+    assert info.value.code == 130
+    assert capsys.readouterr().err == "interrupted: Ctrl-C before training began; nothing to save\n"
+
+
+def test_entry_point_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    from hydra.errors import MissingConfigException
+
+    def hydra_exit(error: Exception) -> None:  # what Hydra's run_and_report does with an error
+        try:
+            raise error
+        except Exception:
+            sys.exit(1)
+
+    for error, code in ((MissingConfigException("Could not find 'dataset/cifar10'"), 2), (RuntimeError("bug"), 1)):
+        with pytest.raises(SystemExit) as info, entry_point():
+            hydra_exit(error)
+        assert info.value.code == code
+    with pytest.raises(SystemExit) as info, entry_point():
+        sys.exit(143)  # a run's own exit code passes through
+    assert info.value.code == 143
+    assert capsys.readouterr().err == ""

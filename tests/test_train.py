@@ -186,6 +186,10 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
         stderr
         == "error: model.image_size=32 is not supported; supported sizes are 28, 64, 128 (set by dataset.image_size)\n"
     )
+    # A config Hydra cannot compose is an input mistake too: exit 2 (Hydra's own is 1).
+    stderr = user_error(run_script("train.py", "dataset=cifar10", f"hydra.run.dir={tmp_path / 'cifar'}"))
+    assert stderr.startswith("In 'train': Could not find 'dataset/cifar10'"), stderr
+    assert not (tmp_path / "cifar").exists()
 
 
 def test_missing_dataset_offline(
@@ -205,6 +209,24 @@ def test_empty_folder(compose_cfg: Callable[..., DictConfig], tmp_path: Path) ->
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserInputError, match=f"^dataset.path={tmp_path / 'empty'} holds no images"):
         train(compose_cfg("experiment=folder64", f"dataset.path={tmp_path / 'empty'}"))
+
+
+def test_ctrl_c_before_training_starts_marks_the_run_interrupted(
+    compose_cfg: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the run folder exists but training has not started (loading the data):
+    metrics.json says interrupted, and the KeyboardInterrupt goes on to entry_point's one line."""
+    import dcgan.train
+
+    def ctrl_c(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dcgan.train, "build", ctrl_c)
+    cfg = compose_cfg("experiment=smoke")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    record = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert record["status"] == "interrupted" and record["error"] == "KeyboardInterrupt: Ctrl-C before training began"
 
 
 def test_folder_without_path(compose_cfg: Callable[..., DictConfig]) -> None:
