@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
@@ -76,6 +77,30 @@ def run_or_exit(fn: Callable[[], T]) -> T | float:
             log.exception("job %d failed", HydraConfig.get().job.num)
             return math.inf
         raise
+
+
+def check_added_settings(cfg: DictConfig) -> None:
+    """Refuse a ``+key=value`` that adds a setting the config does not have, unless it adds to
+    a node that is passed to a constructor (one with ``_target_``: ``+trainer.<a Lightning
+    Trainer argument>``, a callback's arguments), which checks its arguments itself. Hydra
+    appends any key, so a mistyped one (``+eval.num_sample=500``) would be ignored in silence."""
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    groups = set(hydra_cfg.runtime.choices)
+    for override in OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task)):
+        key = override.key_or_group
+        if not override.is_add() or key in groups:
+            continue
+        parent = key.rpartition(".")[0]
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig) and "_target_" in node:
+            continue
+        raise UserInputError(
+            f"{override.input_line}: {key} is not a setting (mistyped?); change an existing setting without the + "
+            "(`--cfg job` lists them). Only a constructor's arguments can be added, e.g. "
+            "+trainer.<Lightning Trainer argument>"
+        )
 
 
 def exit_with(error: ReportedError) -> NoReturn:

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 
 from dcgan.classifier import ClassifierKey, ClassifierScorer, classifies, load_classifier, reference_scorer
-from dcgan.cli import instantiate_node
+from dcgan.cli import check_added_settings, instantiate_node
 from dcgan.datasets import ImageDataModule
 from dcgan.errors import UserInputError, choice, integer, positive_number, require
 from dcgan.files import NpzWriter, atomic_dir, atomic_path, save_gif, save_png
@@ -324,6 +324,7 @@ def score(cfg: DictConfig, run: Run, checkpoint: Checkpoint) -> Path:
 def generate(cfg: DictConfig) -> list[Path]:
     """Run ``cfg.mode``; returns the files and folders written (``fid``: the JSON file) and
     prints where they are."""
+    check_added_settings(cfg)
     choice(cfg.mode, "mode", MODES)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:

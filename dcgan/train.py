@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dcgan import loop
 from dcgan.callbacks import ClassifierCallback, FIDCallback
-from dcgan.cli import instantiate_node
+from dcgan.cli import check_added_settings, instantiate_node
 from dcgan.datasets import ImageDataModule
 from dcgan.errors import TrainingDiverged, TrainingInterrupted, UserInputError, require
 from dcgan.files import atomic_path
@@ -192,6 +192,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     A run that fails writes its record with ``status: failed`` (or ``interrupted``) and the
     error, then re-raises. ``cfg.resume`` continues that run instead (see dcgan/run.py); a
     resume that fails before training starts leaves the run's files as they were."""
+    check_added_settings(cfg)
     resumed: ResumedRun | None = None
     if cfg.get("resume") is not None:
         resumed = resumed_run(cfg)

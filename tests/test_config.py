@@ -241,3 +241,32 @@ def test_entry_point_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
         sys.exit(143)  # a run's own exit code passes through
     assert info.value.code == 143
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("override", "refused"),
+    [
+        ("+foo=bar", True),
+        ("+eval.num_sample=500", True),  # a typo of eval.num_samples
+        ("+model.ema.decay=0.9", True),  # under a node that does not exist
+        ("+trainer.enable_progress_bar=false", False),  # a Lightning Trainer argument
+        ("+callbacks.extra._target_=lightning.pytorch.callbacks.Timer", False),  # a callback of one's own
+        ("eval.num_samples=500", False),
+    ],
+)
+def test_plus_adds_only_constructor_arguments(override: str, refused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from dcgan.cli import check_added_settings
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[override], return_hydra_config=True)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # restored after the test
+    HydraConfig.instance().set_config(cfg)
+    if not refused:
+        check_added_settings(cfg)
+        return
+    key = override[1:].split("=")[0]
+    with pytest.raises(UserInputError, match=rf"^\{override}: {key} is not a setting \(mistyped\?\)"):
+        check_added_settings(cfg)
