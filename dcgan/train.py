@@ -98,8 +98,15 @@ def build(
         raise UserInputError(
             f"required setting(s) not given: {', '.join(missing)}; add them to the command, e.g. {missing[0]}=<value>"
         )
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
+    seed, epochs = cfg.get("seed"), cfg.trainer.get("max_epochs")
+    ok = seed is None or (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32)
+    require(ok, "seed", seed, "must be an integer in [0, 4294967295], or null for a random seed")
+    # Lightning's max_epochs=-1 trains until stopped; runs here are bounded by epochs (the
+    # learning-rate schedule and the final evaluation need an end).
+    ok = isinstance(epochs, int) and not isinstance(epochs, bool) and epochs >= 1
+    require(ok, "trainer.max_epochs", epochs, "must be an integer >= 1: the number of epochs to train")
+    if seed is not None:
+        L.seed_everything(seed, workers=True, verbose=False)
     g_opt, d_opt = build_optimizer(cfg, "generator"), build_optimizer(cfg, "discriminator")
     datamodule: L.LightningDataModule = instantiate_node(cfg.dataset, "dataset")
     speed = instantiate_node(cfg.speed, "speed")

@@ -161,6 +161,11 @@ def test_default_experiment_is_mnist28(compose_cfg: Callable[..., DictConfig]) -
         ("speed.fused_optimizer=maybe", "speed.fused_optimizer='maybe' must be true, false or auto"),
         ("speed.channels_last=1", "speed.channels_last=1 must be true or false"),
         ("trainer.precision=bf17", "trainer: Precision 'bf17' is invalid. Allowed precision values"),
+        ("seed=abc", r"seed='abc' must be an integer in \[0, 4294967295\], or null for a random seed"),
+        ("seed=-1", r"seed=-1 must be an integer in \[0, 4294967295\]"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 must be an integer >= 1: the number of epochs to train"),
+        ("trainer.max_epochs=-1", "trainer.max_epochs=-1 must be an integer >= 1"),
+        ("model.fc_width=-8", "model.fc_width=-8 must be an integer >= 0"),
     ],
 )
 def test_bad_values_fail_before_any_work(compose_cfg: Callable[..., DictConfig], override: str, message: str) -> None:
