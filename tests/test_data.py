@@ -294,11 +294,13 @@ def test_missing_dataset_offline_says_where_and_how(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
-    dm = mnist_module(root=str(tmp_path))
+    root = tmp_path / "data"
+    dm = mnist_module(root=str(root))
     with pytest.raises(UserInputError) as info:
         dm.prepare_data()
     message = str(info.value)
-    assert f"expected {tmp_path}/MNIST/raw/train-images-idx3-ubyte.gz" in message
+    assert f"expected {root}/MNIST/raw/train-images-idx3-ubyte.gz" in message
+    assert not root.exists()  # torchvision's attempt left no empty <root>/MNIST/raw behind
     assert "the download failed" in message
     assert "DCGAN_DATA_DIR" in message and "dataset.root" in message
 

@@ -4,6 +4,8 @@ downloaded through torchvision where allowed."""
 
 from __future__ import annotations
 
+import contextlib
+
 import gzip
 import hashlib
 from pathlib import Path
@@ -110,11 +112,15 @@ def ensure_mnist_files(name: str, root: str | Path, split: DataSplit, download: 
     raw = mnist_raw_dir(name, root)
     reason = "downloading is off (dataset.download=false)"
     if download:
+        created = [d for d in (raw, raw.parent, raw.parent.parent) if not d.exists()]  # innermost first
         try:
             _torchvision_class(name)(str(root), train=split == "train", download=True)
         except (RuntimeError, URLError, OSError) as e:
             first_line = str(e).strip().splitlines()
             reason = "the download failed" + (f" ({first_line[-1]})" if first_line else "")
+            for folder in created:  # torchvision makes <root>/<Name>/raw first: leave no empty ones
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         else:
             reason = f"torchvision's download did not leave it in {raw}"
         found = {kind: _find_idx_file(name, root, split, kind) for kind in kinds}
