@@ -5,7 +5,6 @@ downloaded through torchvision where allowed."""
 from __future__ import annotations
 
 import contextlib
-
 import gzip
 import hashlib
 from pathlib import Path
