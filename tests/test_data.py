@@ -33,9 +33,65 @@ def mnist_module(**kwargs) -> ImageDataModule:  # type: ignore[no-untyped-def]
 
 def test_find_images_recursive_any_case_ignores_other_files(image_tree: tuple[Path, list[Path]]) -> None:
     root, files = image_tree
-    found = find_images(root)
+    found, skipped = find_images(root)
     assert found == files
     assert {p.suffix for p in found} == {".png", ".JPG", ".jpeg", ".bmp", ".webp"}
+    assert skipped == {"not images": 2}  # notes.txt, data.csv (hidden files are not counted)
+
+
+def test_a_linked_file_counts_once_and_the_dataset_line_says_what_was_skipped(
+    image_tree: tuple[Path, list[Path]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A collection where files are links to others (deduplicated datasets): each file once,
+    the path that is not a link kept, dangling links skipped, and every skip counted."""
+    root, files = image_tree
+    (root / "links").mkdir()
+    (root / "links" / "0.png").symlink_to(root / "rgb.png")  # absolute, listed before rgb.png
+    (root / "links" / "1.png").symlink_to("../rgb.png")  # relative
+    (root / "links" / "2.JPG").symlink_to(root / "gray.JPG")
+    (root / "links" / "gone.png").symlink_to(root / "deleted.png")
+    (root / "links" / "chain.png").symlink_to(root / "links" / "0.png")
+    found, skipped = find_images(root)
+    assert found == files  # the originals, not their links
+    assert skipped == {"not images": 2, "dangling links": 1, "repeats": 4}
+    # A file outside the folder, linked twice from inside: the first link stands for it.
+    outside = root.parent / "outside.png"
+    outside.write_bytes(files[0].read_bytes())
+    (root / "links" / "x.png").symlink_to(outside)
+    (root / "links" / "y.png").symlink_to(outside)
+    found, skipped = find_images(root)
+    assert found == sorted([*files, root / "links" / "x.png"]) and skipped["repeats"] == 5
+    (root / "broken.png").write_bytes(b"not an image")
+    dm = folder_module(root, in_memory=True)
+    with caplog.at_level("INFO", logger="dcgan.datasets.module"), pytest.warns(UserWarning, match="skipped 1 of 10"):
+        dm.setup()
+    assert len(dm) == len(files) + 1
+    assert caplog.messages[-1].endswith(
+        "; files skipped: 2 not images, 1 dangling links, 5 repeats, 1 unreadable"
+    ), caplog.messages
+
+
+def test_fid_reference_of_a_folder_reuses_the_decoded_images(
+    image_tree: tuple[Path, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dcgan.datasets.folder as folder
+
+    root, files = image_tree
+    decoded: list[Path] = []
+    original = folder.load_image
+
+    def counting(path: Path, *args: int) -> torch.Tensor:
+        decoded.append(path)
+        return original(path, *args)
+
+    monkeypatch.setattr(folder, "load_image", counting)
+    dm = folder_module(root, in_memory=True)
+    dm.setup()
+    reference = dm.reference("train")
+    reference.setup()
+    images = torch.cat(list(reference.uint8_batches(torch.arange(len(reference)))))
+    assert sorted(decoded) == files  # each file decoded once, for training; none for FID's reference
+    assert torch.equal(images, dm.images) and reference.reference_id() == dm.reference_id()
 
 
 @pytest.mark.parametrize("channels", [1, 3])

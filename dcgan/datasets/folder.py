@@ -27,26 +27,36 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", "
 NO_CLASS = -1
 
 
-def find_images(root: str | Path) -> list[Path]:
-    """All image files under ``root``, recursively, sorted; hidden files and folders skipped."""
+def find_images(root: str | Path) -> tuple[list[Path], dict[str, int]]:
+    """All image files under ``root``, recursively, sorted, each file once; hidden files and
+    folders skipped. Returns ``(files, skipped)``: ``skipped`` counts the other files left
+    out, by reason (``not images``, ``dangling links``, ``repeats``: links to, or other paths
+    of, a file already listed). Of several paths to one file, the one that is not a link is
+    kept, else the first; a file linked many times must not weigh more in training and FID."""
     root = Path(root).expanduser()
     if not root.exists():
         raise UserInputError(f"dataset.path={root} does not exist; point it at a folder of images")
     if not root.is_dir():
         raise UserInputError(f"dataset.path={root} is not a folder; point it at a folder of images")
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+    skipped = dict.fromkeys(("not images", "dangling links", "repeats"), 0)
+    by_target: dict[Path, list[Path]] = {}
+    for p in sorted(root.rglob("*")):
+        if any(part.startswith(".") for part in p.relative_to(root).parts) or p.is_dir():
+            continue
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped["not images"] += p.is_file()
+        elif p.is_symlink() and not p.exists():
+            skipped["dangling links"] += 1
+        elif p.is_file():
+            by_target.setdefault(p.resolve(), []).append(p)
+    files = sorted(next((p for p in paths if not p.is_symlink()), paths[0]) for paths in by_target.values())
+    skipped["repeats"] = sum(len(paths) - 1 for paths in by_target.values())
     if not files:
         raise UserInputError(
             f"dataset.path={root} holds no images (searched recursively for "
             f"{', '.join(sorted(IMAGE_EXTENSIONS))}, any case)"
         )
-    return files
+    return files, {reason: n for reason, n in skipped.items() if n}
 
 
 def folder_classes(root: str | Path, files: Sequence[Path]) -> tuple[list[str] | None, list[int]]:
@@ -206,7 +216,8 @@ class FolderData(ImageDataModule):
         if not path:
             raise UserInputError("dataset=folder needs dataset.path=<folder of images>")
         self.path = path
-        self._listing: list[Path] | None = None
+        self._listing: tuple[list[Path], dict[str, int]] | None = None
+        self._unreadable = 0  # files left out when decoding the folder into memory
 
     @property
     def source(self) -> str:
@@ -221,7 +232,7 @@ class FolderData(ImageDataModule):
         """The folder's images, listed once (a conditional run asks for its classes before loading)."""
         if self._listing is None:
             self._listing = find_images(self.path)
-        return self._listing
+        return self._listing[0]
 
     def load(self) -> InMemory | ImageFolderDataset:
         files = self._files()
@@ -238,6 +249,7 @@ class FolderData(ImageDataModule):
             kept += indices
             bad += errors
         warn_unreadable(bad, len(files))
+        self._unreadable = len(bad)
         return InMemory(torch.cat(good), torch.tensor([labels[i] for i in kept], dtype=torch.long))
 
     def uint8_batches(self, indices: Tensor, batch_size: int = 256) -> Iterator[Tensor]:
@@ -253,8 +265,22 @@ class FolderData(ImageDataModule):
                 yield images
         warn_unreadable(bad, len(indices))
 
+    def describe(self) -> str:
+        assert self._listing is not None
+        skipped = self._listing[1] | ({"unreadable": self._unreadable} if self._unreadable else {})
+        if not skipped:
+            return super().describe()
+        return f"{super().describe()}; files skipped: " + ", ".join(f"{n} {why}" for why, n in skipped.items())
+
     def reference(self, split: str) -> FolderData:
-        return self.copy(on_device=False)  # a folder is one split: all of its images
+        """A folder is one split: all of its images. The copy shares this module's listing and,
+        once loaded, its decoded images: FID's reference does not decode the folder again."""
+        reference = self.copy(on_device=False)
+        reference._listing, reference._unreadable = self._listing, self._unreadable
+        if self.data is not None:
+            reference.data = InMemory(self.data.images.cpu(), self.data.labels.cpu())
+            reference.class_names = self.class_names
+        return reference
 
     def reference_id(self) -> tuple[str, str]:
-        return "all", folder_fingerprint(find_images(self.path))
+        return "all", folder_fingerprint(self._files())
