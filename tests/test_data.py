@@ -66,9 +66,9 @@ def test_a_linked_file_counts_once_and_the_dataset_line_says_what_was_skipped(
     with caplog.at_level("INFO", logger="dcgan.datasets.module"), pytest.warns(UserWarning, match="skipped 1 of 10"):
         dm.setup()
     assert len(dm) == len(files) + 1
-    assert caplog.messages[-1].endswith(
-        "; files skipped: 2 not images, 1 dangling links, 5 repeats, 1 unreadable"
-    ), caplog.messages
+    assert caplog.messages[-1].endswith("; files skipped: 2 not images, 1 dangling links, 5 repeats, 1 unreadable"), (
+        caplog.messages
+    )
 
 
 def test_fid_reference_of_a_folder_reuses_the_decoded_images(
