@@ -250,6 +250,8 @@ class FIDCallback(L.Callback):
         self.final_fid = result["fid"]
         seconds = time.perf_counter() - start
         if trainer.is_global_zero:
+            for logger in trainer.loggers:  # (self.log is closed once training ends) for the HPARAMS tab
+                logger.log_metrics({"val/fid_final": self.final_fid}, step=loop.batch_index(trainer))
             self._append(
                 {
                     "checkpoint": "best.ckpt",

@@ -176,6 +176,48 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     return container  # type: ignore[return-value]
 
 
+# Config nodes that say where things are or how they are logged, not what is trained.
+_NOT_SETTINGS = ("paths", "logger", "callbacks", "resume", "ckpt_path", "trainer.default_root_dir")
+
+
+def hparams_settings(container: dict[str, Any]) -> dict[str, str | int | float | bool]:
+    """The run's settings as flat ``model.g_width``-style keys with TensorBoard's value types
+    (lists and null as text), without paths and constructor names."""
+    flat: dict[str, str | int | float | bool] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if key.startswith("_") or prefix + key in _NOT_SETTINGS:
+                continue
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[prefix + key] = value if isinstance(value, str | int | float | bool) else str(value)
+
+    walk(container, "")
+    return flat
+
+
+def log_hyperparameters(trainer: L.Trainer, cfg: DictConfig) -> None:
+    """The config to every logger (TensorBoard's hparams.yaml, CSV's); for TensorBoard also the
+    run's settings for the HPARAMS tab, so that ``tensorboard --logdir <sweep folder>`` compares
+    the jobs there, each beside the latest value of every scalar it logged."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from torch.utils.tensorboard.summary import hparams
+
+    container = hyperparameters(cfg)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(container)
+        if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+            # The session's start and end, without the "experiment" summary: TensorBoard then
+            # builds the experiment from all runs' sessions, lists the settings that differ
+            # between them first (shown by default), and takes every scalar as a metric.
+            _, session_start, session_end = hparams(hparams_settings(container), {})
+            writer = logger.experiment._get_file_writer()
+            for summary in (session_start, session_end):
+                writer.add_summary(summary)
+
+
 def hydra_job() -> dict[str, Any]:
     """The experiment and command-line overrides of the running Hydra job ({} outside Hydra)."""
     if not HydraConfig.initialized():
@@ -275,8 +317,7 @@ def _train(cfg: DictConfig, output_dir: Path, resumed: ResumedRun | None) -> dic
     if trainer.is_global_zero:
         log.info("Run directory: %s", output_dir.resolve())
         remove_stale_temporaries(output_dir / "checkpoints")
-    for logger in trainer.loggers:
-        logger.log_hyperparams(hyperparameters(cfg))
+    log_hyperparameters(trainer, cfg)
     interrupt = next(c for c in trainer.callbacks if isinstance(c, InterruptCheckpoint))  # type: ignore[attr-defined]
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)

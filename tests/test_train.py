@@ -80,6 +80,28 @@ def test_run_logs_fid_and_keeps_the_best_weights(smoke_run: Path) -> None:
     assert final["fid"] != pytest.approx(min(fids))  # another reference, another number
     record = json.loads((smoke_run / "metrics.json").read_text())
     assert record["fid_final"] == pytest.approx(final["fid"]) and record["fid_best"] == pytest.approx(min(fids))
+    # ... and in TensorBoard, at the run's last batch, for the HPARAMS tab.
+    [fid_final] = acc.Scalars("val/fid_final")
+    assert fid_final.value == pytest.approx(final["fid"]) and fid_final.step == acc.Scalars("val/fid")[-1].step
+
+
+def test_hparams_tab_gets_the_settings(smoke_run: Path) -> None:
+    """TensorBoard's HPARAMS tab reads each run's settings from an hparams session summary in
+    its event files; with no experiment summary, TensorBoard lists the settings that differ
+    between the runs first and shows every scalar's latest value beside them (seen in a browser
+    on a two-job sweep)."""
+    from tensorboard.plugins.hparams import metadata
+
+    content = events(smoke_run).PluginTagToContent(metadata.PLUGIN_NAME)
+    assert set(content) == {metadata.SESSION_START_INFO_TAG, metadata.SESSION_END_INFO_TAG}
+    session = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    settings = {k: getattr(v, v.WhichOneof("kind")) for k, v in session.hparams.items()}
+    assert settings["model.g_width"] == 8 and settings["dataset.name"] == "mnist"
+    assert settings["trainer.max_epochs"] == 2 and settings["seed"] == 42
+    assert settings["model.augment"] == "[]" and settings["optimizer.lr_decay_start"] == "None"
+    # what a run is, not where it writes: no paths or constructor names
+    assert not [k for k in settings if k.startswith(("paths.", "logger.", "callbacks.")) or "_target_" in k]
+    assert "trainer.default_root_dir" not in settings and "eval.every_n_epochs" in settings
 
 
 def test_score_command_prints_one_json_line(smoke_run: Path) -> None:
