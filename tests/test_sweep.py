@@ -118,19 +118,29 @@ def test_ready_sweep_experiment_composes(compose_cfg: Callable[..., DictConfig])
 
 
 @pytest.mark.slow
-def test_optuna_search_of_two_trials(tmp_path: Path, data_dir: Path, fid_weights: Path) -> None:
+def test_optuna_search_continues_from_its_database(tmp_path: Path, data_dir: Path, fid_weights: Path) -> None:
+    """Two launches of the same command, one trial each (as if the driver had stopped after
+    one): the second continues the study stored in the sweep folder's optuna.db."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the sweep extra")
+    import optuna
+
     sweep = tmp_path / "optuna"
-    check(
-        run_script(
-            "train.py", "hparams_search=optuna_fid", "experiment=smoke", "hydra.sweeper.n_trials=2",
-            "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}", env={"DCGAN_DATA_DIR": str(data_dir)},
-        )
+    command = (
+        "train.py", "hparams_search=optuna_fid", "experiment=smoke", "hydra.sweeper.n_trials=1",
+        "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
+    first = check(run_script(*command, env={"DCGAN_DATA_DIR": str(data_dir)}))
+    second = check(run_script(*command, env={"DCGAN_DATA_DIR": str(data_dir)}))
+    assert "Using an existing study with name 'dcgan_fid'" in second.stdout + second.stderr
+    assert "existing study" not in first.stdout + first.stderr
+    study = optuna.load_study(study_name="dcgan_fid", storage=f"sqlite:///{sweep}/optuna.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert study.trials[0].params != study.trials[1].params
     rows = summarize(sweep)
     assert [r["status"] for r in rows] == ["completed", "completed"]
     results = OmegaConf.load(sweep / "optimization_results.yaml")
     assert results.best_value == pytest.approx(rows[0]["fid_best"])  # the lowest of the two trials
+    assert sorted(t.value for t in study.trials) == pytest.approx(sorted(r["fid_best"] for r in rows))
     assert set(results.best_params) == {
         "optimizer.lr_g", "optimizer.lr_d", "optimizer.beta1", "optimizer.beta2", "model.real_label"
     }  # fmt: skip
