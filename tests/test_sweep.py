@@ -119,28 +119,34 @@ def test_ready_sweep_experiment_composes(compose_cfg: Callable[..., DictConfig])
 
 @pytest.mark.slow
 def test_optuna_search_continues_from_its_database(tmp_path: Path, data_dir: Path, fid_weights: Path) -> None:
-    """Two launches of the same command, one trial each (as if the driver had stopped after
-    one): the second continues the study stored in the sweep folder's optuna.db."""
+    """A 3-trial search whose driver stopped after trial 2 (a launch of 2 trials stands for it),
+    started again with the 3-trial command, runs only the third; a further launch runs none."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the sweep extra")
     import optuna
 
     sweep = tmp_path / "optuna"
-    command = (
-        "train.py", "hparams_search=optuna_fid", "experiment=smoke", "hydra.sweeper.n_trials=1",
-        "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}",
-    )  # fmt: skip
-    first = check(run_script(*command, env={"DCGAN_DATA_DIR": str(data_dir)}))
-    second = check(run_script(*command, env={"DCGAN_DATA_DIR": str(data_dir)}))
-    assert "Using an existing study with name 'dcgan_fid'" in second.stdout + second.stderr
-    assert "existing study" not in first.stdout + first.stderr
+
+    def launch(n_trials: int) -> str:
+        result = run_script(
+            "train.py", "hparams_search=optuna_fid", "experiment=smoke", f"hydra.sweeper.n_trials={n_trials}",
+            "trainer.max_epochs=1", "eval.classifier=false", "eval.final_split=null", f"hydra.sweep.dir={sweep}",
+            env={"DCGAN_DATA_DIR": str(data_dir)},
+        )  # fmt: skip
+        return check(result).stdout + result.stderr
+
+    first = launch(2)
+    assert "existing study" not in first
+    assert "Study 'dcgan_fid' holds 2 ended trials: running 1 more" in launch(3)
+    assert "holds 3 ended trials: running 0 more" in launch(3)
     study = optuna.load_study(study_name="dcgan_fid", storage=f"sqlite:///{sweep}/optuna.db")
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
-    assert study.trials[0].params != study.trials[1].params
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    assert len({str(t.params) for t in study.trials}) == 3  # the continued launch drew new parameters
+    assert sorted(p.name.split("_")[0] for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2"]
     rows = summarize(sweep)
-    assert [r["status"] for r in rows] == ["completed", "completed"]
     results = OmegaConf.load(sweep / "optimization_results.yaml")
-    assert results.best_value == pytest.approx(rows[0]["fid_best"])  # the lowest of the two trials
+    assert results.best_value == pytest.approx(rows[0]["fid_best"])  # the lowest of the trials
     assert sorted(t.value for t in study.trials) == pytest.approx(sorted(r["fid_best"] for r in rows))
+    assert [r["status"] for r in rows] == ["completed"] * 3
     assert set(results.best_params) == {
         "optimizer.lr_g", "optimizer.lr_d", "optimizer.beta1", "optimizer.beta2", "model.real_label"
     }  # fmt: skip
@@ -164,3 +170,19 @@ def test_slurm_launcher_config_composes() -> None:
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
     result = check(run_script("train.py", *overrides, "--cfg", "hydra"))
     assert "SlurmLauncher" in result.stdout
+
+
+def test_a_trial_left_running_by_a_stopped_driver_is_not_counted(tmp_path: Path) -> None:
+    optuna = pytest.importorskip("optuna", reason="needs the sweep extra")
+    from dcgan.search import finished, stored_trials
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    assert stored_trials(storage, "s") == [] and stored_trials(None, "s") == []
+    study = optuna.create_study(study_name="s", storage=storage)
+    for value in (1.0, float("inf")):
+        trial = study.ask()
+        study.tell(trial, value)
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    study.ask()  # the trial a killed driver was running: it never ends
+    trials = stored_trials(storage, "s")
+    assert len(trials) == 4 and finished(trials) == 3
