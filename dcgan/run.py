@@ -442,19 +442,24 @@ class InterruptCheckpoint(L.Callback):
     """Ctrl-C or SIGTERM during training: finish the current batch, save the whole training
     state to ``<dirpath>/interrupted.ckpt`` and stop; ``resume=<run dir>`` continues from it.
 
-    SIGTERM (what ``kill``, SLURM and most schedulers send) is caught by Lightning, which stops
-    at the end of the batch. Ctrl-C is deferred the same way here, so no optimizer step is cut
-    in half; a second Ctrl-C stops at once, still saving. Under DDP every rank stops at the
-    same batch. Divergence and other errors are not saved: the last good checkpoint stays
-    the one to resume from.
+    Both signals only set a flag while training runs (a second one stops at once, still
+    saving); the stop happens before the next batch, so no optimizer step is cut in half. Under
+    DDP the ranks agree on the flag by a collective at every batch start, so every rank stops
+    at the same batch, whichever rank got the signal (``kill`` reaches one process, SLURM and a
+    terminal's Ctrl-C all of them). Lightning's own SIGTERM handler is set aside meanwhile:
+    it calls a collective from inside the signal handler, which under DDP can pair with
+    another rank's gradient all-reduce and hang both (seen once in three runs). Divergence and
+    other errors are not saved: the last good checkpoint stays the one to resume from.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, dirpath: str | Path) -> None:
         self.path = Path(dirpath) / INTERRUPTED_CKPT
         self.saved: Path | None = None
         self.signal: signal.Signals | None = None
         self._requested = False
-        self._previous_handler: Any = None
+        self._previous_handlers: dict[signal.Signals, Any] = {}
         # Whether training proper has begun: Lightning says "training" from the start of fit,
         # before the data and reference features load and before a resume's checkpoint is
         # restored, when there is no state of this run to save (and a resume's own
@@ -464,13 +469,16 @@ class InterruptCheckpoint(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._training = True
         if threading.current_thread() is threading.main_thread():
-            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+            for signum in self.SIGNALS:
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
-    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if self._requested:
             raise KeyboardInterrupt
         self._requested = True
-        log.warning("Ctrl-C: stopping after this batch and saving a checkpoint (Ctrl-C again to stop at once)")
+        self.signal = signal.Signals(signum)
+        name = "Ctrl-C" if self.signal == signal.SIGINT else "SIGTERM"
+        log.warning(f"{name}: stopping after this batch and saving a checkpoint ({name} again to stop at once)")
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         # Stop before the next batch rather than at the end of this one: Lightning counts a
@@ -481,19 +489,22 @@ class InterruptCheckpoint(L.Callback):
         if requested:
             raise KeyboardInterrupt
 
-    def _restore_handler(self) -> None:
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGINT, self._previous_handler)
-            self._previous_handler = None
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore_handler()
+        self._restore_handlers()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore_handler()
+        self._restore_handlers()
         if isinstance(exception, KeyboardInterrupt):
-            self.signal = signal.SIGINT
-        elif isinstance(exception, SIGTERMException):
+            # This rank's own signal; else, in training under DDP, another rank's (a stop from
+            # outside: SIGTERM); else Python's Ctrl-C before training began.
+            outside = self._training and trainer.world_size > 1
+            self.signal = self.signal or (signal.SIGTERM if outside else signal.SIGINT)
+        elif isinstance(exception, SIGTERMException):  # before training began: Lightning's handler
             self.signal = signal.SIGTERM
         else:
             return
@@ -506,6 +517,8 @@ class InterruptCheckpoint(L.Callback):
         """Where the signal stopped training, e.g. "SIGTERM at epoch 2, batch 44"."""
         name = "Ctrl-C" if self.signal == signal.SIGINT else "SIGTERM"
         batches = loop.batches_into_epoch(trainer)
-        if batches >= trainer.num_training_batches:  # after the epoch's last batch, in its end-of-epoch work
-            return f"{name} at the end of epoch {loop.epochs_finished(trainer)}"
+        # After an epoch's last batch (in its end-of-epoch work) or before the next one's first.
+        if batches == 0 or batches >= trainer.num_training_batches:
+            done = loop.epochs_finished(trainer)
+            return f"{name} at the end of epoch {done}" if done else f"{name} before the first batch"
         return f"{name} at epoch {trainer.current_epoch + 1}, batch {batches}"

@@ -197,6 +197,25 @@ def test_under_ddp_a_nan_on_one_rank_stops_every_rank_at_that_batch(tmp_path: Pa
     assert metrics["status"] == "failed" and "not finite on another process" in metrics["error"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_ddp_sigterm_saves_one_checkpoint_and_every_rank_exits(tmp_path: Path, data_dir: Path, rank: int) -> None:
+    """SIGTERM to one rank (``kill`` reaches one process; rank 0 is the one a user sees) after
+    batch 3 of epoch 2: both ranks stop after that batch, one interrupted.ckpt is written, the
+    run exits 143. (With Lightning's SIGTERM handler, which broadcasts from inside the signal
+    handler, this hung once in three runs.)"""
+    run, record = tmp_path / "run", tmp_path / "record.jsonl"
+    result = fault_run(
+        data_dir, record, "SIGTERM", (2, 3), *EPOCHS, "trainer=ddp_cpu", f"hydra.run.dir={run}", rank=rank
+    )
+    assert result.returncode == 128 + signal.SIGTERM, result.output[-3000:]
+    assert "Traceback" not in result.output
+    assert last_batch_per_rank(record) == {0: (2, 3), 1: (2, 3)}
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["interrupted.ckpt", "last.ckpt"]
+    assert loop.data_position(torch.load(run / "checkpoints" / "interrupted.ckpt", weights_only=True)) == (1, 3)
+    assert json.loads((run / "metrics.json").read_text())["status"] == "interrupted"
+
+
 QUICK = ("experiment=smoke", "eval.fid=false", "logger=csv", "+trainer.enable_progress_bar=false")
 
 
