@@ -209,26 +209,29 @@ class Discriminator(nn.Module):
         require(0.0 <= dropout < 1.0, "model.d_dropout", dropout, "must be in [0, 1)")
         choice(norm, "model.d_norm", D_NORMS)
         widths = [min(width * 2**i, max_width) for i in range(stages)]
+
+        def activation(batch_norm: nn.Module | None) -> list[nn.Module]:
+            """What follows each conv (and the FC layer): [BatchNorm], LeakyReLU, [Dropout]."""
+            dropped = [nn.Dropout(dropout)] if dropout > 0 else []
+            return [
+                *([batch_norm] if batch_norm is not None and norm == "batch" else []),
+                nn.LeakyReLU(0.2, True),
+                *dropped,
+            ]
+
         layers: list[nn.Module] = []
         in_ch = channels
         for i, out_ch in enumerate(widths):
-            layers.append(nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=False))
-            if i > 0 and norm == "batch":
-                layers.append(nn.BatchNorm2d(out_ch))
-            layers.append(nn.LeakyReLU(0.2, inplace=True))
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+            layers += [
+                nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=False),
+                *activation(nn.BatchNorm2d(out_ch) if i else None),
+            ]
             in_ch = out_ch
         if fc_width > 0:
             # InfoGAN's and Lucic et al. 2018's MNIST discriminator: FC 1024 before the logit.
             layers += [nn.Flatten(), nn.Linear(in_ch * start * start, fc_width, bias=False)]
-            if norm == "batch":
-                layers.append(nn.BatchNorm1d(fc_width))
-            layers.append(nn.LeakyReLU(0.2, inplace=True))
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+            layers += [*activation(nn.BatchNorm1d(fc_width)), nn.Linear(fc_width, 1, bias=False)]
             in_ch = fc_width
-            layers.append(nn.Linear(fc_width, 1, bias=False))
         else:
             layers.append(nn.Conv2d(in_ch, 1, kernel_size=start, stride=1, padding=0, bias=False))
         self.net = nn.Sequential(*layers)
