@@ -120,7 +120,7 @@ def test_ready_sweep_experiment_composes(compose_cfg: Callable[..., DictConfig])
 @pytest.mark.slow
 def test_optuna_search_continues_from_its_database(tmp_path: Path, data_dir: Path, fid_weights: Path) -> None:
     """A 3-trial search whose driver stopped after trial 2 (a launch of 2 trials stands for it),
-    started again with the 3-trial command, runs only the third; a further launch runs none."""
+    started again with the 3-trial command, runs only the third."""
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the sweep extra")
     import optuna
 
@@ -137,7 +137,6 @@ def test_optuna_search_continues_from_its_database(tmp_path: Path, data_dir: Pat
     first = launch(2)
     assert "existing study" not in first
     assert "Study 'dcgan_fid' holds 2 ended trials: running 1 more" in launch(3)
-    assert "holds 3 ended trials: running 0 more" in launch(3)
     study = optuna.load_study(study_name="dcgan_fid", storage=f"sqlite:///{sweep}/optuna.db")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     assert len({str(t.params) for t in study.trials}) == 3  # the continued launch drew new parameters
