@@ -84,7 +84,7 @@ def image_tree(tmp_path: Path) -> tuple[Path, list[Path]]:
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, fid_weights: Path) -> Path:
-    """One `experiment=smoke` run: 2 epochs of 5 batches, FID of 32 images after each."""
+    """One `experiment=smoke` run: 2 epochs of 5 batches, FID of 16 images after each."""
     run_dir = tmp_path_factory.mktemp("smoke") / "run"
     check(run_script("train.py", "experiment=smoke", f"hydra.run.dir={run_dir}", env={"DCGAN_DATA_DIR": str(data_dir)}))
     return run_dir

@@ -166,7 +166,7 @@ def test_a_checkpoint_file_is_read_once_per_call(
         return real_load(f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "load", load)
-    gen(f"mode={mode}", "samples.num_images=4", "fid.num_samples=32", "fid.reference_samples=64")
+    gen(f"mode={mode}", "samples.num_images=4", "fid.num_samples=16", "fid.reference_samples=64")
     assert checkpoints_read == ["best.ckpt"]
 
 

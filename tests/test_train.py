@@ -58,7 +58,7 @@ def test_run_logs_fid_and_keeps_the_best_weights(smoke_run: Path) -> None:
     assert [r["epoch"] for r in records] == [1, 2]
     assert [r["fid"] for r in records] == pytest.approx(fids)
     first = records[0]
-    assert (first["num_samples"], first["num_reference"]) == (32, 64)
+    assert (first["num_samples"], first["num_reference"]) == (16, 64)
     # (resize and feature_network are labels of the method, constants of the code)
     assert first["reference"] | {"feature_network": "-", "resize": "-"} == {
         "dataset": "mnist",
@@ -76,7 +76,7 @@ def test_run_logs_fid_and_keeps_the_best_weights(smoke_run: Path) -> None:
     assert best["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == best_epoch
     # After training: the chosen weights once against the test split, which the choice never saw.
     assert (final["checkpoint"], final["epoch"], final["selected_by"]["fid"]) == ("best.ckpt", best_epoch, min(fids))
-    assert (final["num_samples"], final["num_reference"], final["reference"]["split"]) == (32, 64, "test")
+    assert (final["num_samples"], final["num_reference"], final["reference"]["split"]) == (16, 64, "test")
     assert final["fid"] != pytest.approx(min(fids))  # another reference, another number
     record = json.loads((smoke_run / "metrics.json").read_text())
     assert record["fid_final"] == pytest.approx(final["fid"]) and record["fid_best"] == pytest.approx(min(fids))
@@ -107,7 +107,7 @@ def test_hparams_tab_gets_the_settings(smoke_run: Path) -> None:
 def test_score_command_prints_one_json_line(smoke_run: Path) -> None:
     result = check(
         run_script(
-            "generate.py", "mode=fid", f"checkpoint={smoke_run}", "fid.num_samples=32", "fid.reference_samples=64"
+            "generate.py", "mode=fid", f"checkpoint={smoke_run}", "fid.num_samples=16", "fid.reference_samples=64"
         )
     )
     lines = result.stdout.strip().splitlines()
@@ -115,14 +115,14 @@ def test_score_command_prints_one_json_line(smoke_run: Path) -> None:
     record = json.loads(lines[0])
     assert record["checkpoint"] == str((smoke_run / "checkpoints" / "best.ckpt").resolve())
     assert record["generator"] == "raw"  # the smoke run keeps no average of G's weights
-    assert (record["num_samples"], record["num_reference"], record["reference"]["split"]) == (32, 64, "test")
+    assert (record["num_samples"], record["num_reference"], record["reference"]["split"]) == (16, 64, "test")
     assert json.loads(Path(record["out"]).read_text())["fid"] == record["fid"]
-    assert Path(record["out"]) == (smoke_run / "eval" / "fid-best-n32-test.json").resolve()
+    assert Path(record["out"]) == (smoke_run / "eval" / "fid-best-n16-test.json").resolve()
     # Same generator, latents and reference as the score at the end of training: the same FID.
     final = json.loads((smoke_run / "fid.jsonl").read_text().splitlines()[-1])
     assert record["fid"] == pytest.approx(final["fid"], rel=1e-4)
     # The same images by the classifier training used (the smoke run's quick one, from the cache).
-    assert sum(record["class_histogram"]) == 32 and 1 <= record["classes_covered"] <= 10
+    assert sum(record["class_histogram"]) == 16 and 1 <= record["classes_covered"] <= 10
     in_training = json.loads((smoke_run / "classes.jsonl").read_text().splitlines()[-1])
     assert record["classifier_test_accuracy"] == in_training["classifier_test_accuracy"] < 0.99
 
