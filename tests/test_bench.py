@@ -36,7 +36,7 @@ def test_bench_records(tmp_path: Path, data_dir: Path, fid_weights: Path) -> Non
     out = tmp_path / "bench.jsonl"
     result = bench(
         "--sizes", "28", "--warmup", "1", "--batches", "2", "--rounds", "2", "--data-batches", "5",
-        "--fid-images", "4", "--fid-eval-samples", "8", "--out", str(out), *TINY,
+        "--fid-images", "4", "--fid-eval-samples", "8", "--out", str(out), *TINY, "eval.classifier_num_samples=200",
         data_dir=data_dir, fid_weights=fid_weights,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -53,7 +53,8 @@ def test_bench_records(tmp_path: Path, data_dir: Path, fid_weights: Path) -> Non
     assert train["ratio"] == pytest.approx(train["project_images_per_s"] / train["plain_images_per_s"], abs=1e-3)
     assert data["images_per_s"] > 0
     assert fid["fid_features_images_per_s"] > 0 and fid["fid_features_torchmetrics_default_images_per_s"] > 0
-    assert fid["fid_eval_num_samples"] == 8 and fid["fid_eval_s"] > 0
+    assert fid["fid_eval_num_samples"] == 8 and fid["fid_eval_s"] > 0 and fid["precision_recall_s"] >= 0
+    assert fid["classifier_eval_num_samples"] == 200 and fid["classifier_eval_s"] > 0
     assert "| 28 | 128 | 8/8 |" in result.stderr  # the README table
     assert "speed-up" not in result.stderr and "speedup" not in train
 

@@ -12,8 +12,10 @@ mnist28, fashion64, fashion128), in one process per size:
   With ``--baseline``, a third loop alternates with them: the plain loop in float32, NCHW,
   uncompiled, with torch's default optimizer kernels; ``speedup`` is project/baseline.
 - ``data``: images/s that the data path alone delivers to the device, scaled to [-1, 1].
-- ``fid``: images/s of the FID Inception network alone, and the time of one in-training
-  evaluation (generate ``eval.num_samples`` images, features, FID) at the configured N.
+- ``fid``: images/s of the FID Inception network alone, and the parts of one in-training
+  evaluation at the configured N: FID (generate ``eval.num_samples`` images, features, FID),
+  precision and recall on top of it (a k-NN search among the same features), and the
+  classifier's scores (class coverage, ``fid_lenet``) of ``eval.classifier_num_samples`` images.
 - every record: device, torch version, threads, precision, compile mode (or false), layout,
   fused optimizer, cuDNN benchmark, peak memory (RSS on a CPU, max allocated on a GPU).
 
@@ -45,12 +47,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from dcgan.callbacks import FIDCallback
+from dcgan.classifier import Classifier, ClassifierKey, ClassifierScorer, LeNet, classifies
 from dcgan.cli import exit_with
 from dcgan.datasets import ImageDataModule
 from dcgan.errors import ReportedError, UserInputError
 from dcgan.images import to_unit_range
 from dcgan.losses import discriminator_loss, generator_loss, gradient_penalty, r1_penalty
-from dcgan.metrics import FEATURE_DIM, FIDScorer, InceptionFeatures, load_inception
+from dcgan.metrics import FEATURE_DIM, FIDScorer, InceptionFeatures, load_inception, precision_recall
 from dcgan.module import DCGAN, EMA
 from dcgan.sampling import latents
 from dcgan.speed import PLAIN, Speed
@@ -305,14 +308,39 @@ def fid_records(
     start = time.perf_counter()
     scorer.score(model.generate, z, labels)
     synchronize(device)
-    return {
+    fid_eval_s = time.perf_counter() - start
+    # Precision and recall compare the same N generated features with N real ones (a k-NN
+    # search, on the CPU): timed alone, it is their cost on top of FID.
+    start = time.perf_counter()
+    precision_recall(torch.randn(n, FEATURE_DIM), torch.randn(n, FEATURE_DIM))
+    record = {
         "fid_features_images_per_s": round(features_per_s, 2),
         "fid_features_torchmetrics_default_images_per_s": round(baseline_per_s, 2),
         "fid_features_speedup": round(features_per_s / baseline_per_s, 2),
         "fid_batch_size": extractor.batch_size_on(device),
         "fid_eval_num_samples": n,
-        "fid_eval_s": round(time.perf_counter() - start, 2),
+        "fid_eval_s": round(fid_eval_s, 2),
+        "precision_recall_s": round(time.perf_counter() - start, 2),
     }
+    if cfg.eval.classifier and classifies(cfg.dataset.name):
+        record |= classifier_record(model, device, int(cfg.eval.classifier_num_samples))
+    return record
+
+
+def classifier_record(model: DCGAN, device: torch.device, n: int) -> dict[str, Any]:
+    """The time of the classifier's scores of ``n`` generated images, as every in-training
+    evaluation computes them. An untrained LeNet costs what the trained one does, and stand-in
+    real images what the reference images do, so nothing is trained or cached."""
+    classes = model.num_classes or 10
+    classifier = Classifier(LeNet(classes).to(device).eval(), 0.0, ClassifierKey("bench"))
+    real = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8)
+    scorer = ClassifierScorer(classifier, real, torch.full((classes,), n // classes))
+    z = latents(n, model.hparams.latent_dim, seed=1)
+    labels = torch.arange(n) % model.num_classes if model.num_classes else None
+    start = time.perf_counter()
+    scorer.score(model.generate, z, labels)
+    synchronize(device)
+    return {"classifier_eval_num_samples": n, "classifier_eval_s": round(time.perf_counter() - start, 2)}
 
 
 def _torchmetrics_default_rate(weights: str | None, images: torch.Tensor, device: torch.device) -> float:
@@ -478,10 +506,16 @@ def table(records: list[dict[str, Any]]) -> str:
     baseline = any("train.baseline_images_per_s" in r for r in by_size.values())
     columns = ["size", "batch", "widths G/D", "project img/s", "plain img/s", "ratio"]
     columns += ["fp32 NCHW plain img/s", "speed-up"] if baseline else []
-    columns += ["data img/s", "FID net img/s", "FID eval", "peak memory"]
+    columns += ["data img/s", "FID net img/s", "FID eval", "+ precision/recall", "classifier eval", "peak memory"]
     rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for size, r in sorted(by_size.items()):
         fid_eval = f"{r['fid.fid_eval_s']} s (N={r['fid.fid_eval_num_samples']})" if "fid.fid_eval_s" in r else "-"
+        prc = f"{r['fid.precision_recall_s']} s" if "fid.precision_recall_s" in r else "-"
+        classifier = (
+            f"{r['fid.classifier_eval_s']} s (N={r['fid.classifier_eval_num_samples']})"
+            if "fid.classifier_eval_s" in r
+            else "-"
+        )
         memory = r.get("train.peak_rss_mb") or r.get("train.peak_gpu_allocated_mb")
         fid_net = (
             f"{r['fid.fid_features_images_per_s']} ({r['fid.fid_features_speedup']}x)"
@@ -499,7 +533,7 @@ def table(records: list[dict[str, Any]]) -> str:
                 f"{r.get('train.baseline_images_per_s', float('nan')):.0f}",
                 f"{r.get('train.speedup', float('nan')):.2f}x",
             ]
-        cells += [f"{r['data.images_per_s']:.0f}", fid_net, fid_eval, f"{memory} MB"]
+        cells += [f"{r['data.images_per_s']:.0f}", fid_net, fid_eval, prc, classifier, f"{memory} MB"]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
