@@ -401,23 +401,22 @@ def test_ddp_in_a_multirun_is_refused(tmp_path: Path, data_dir: Path) -> None:
     assert "a Hydra multirun (-m) cannot train with 2 processes" in record["error"]
 
 
-def test_torchrun_two_processes_share_one_run_directory(tmp_path: Path, data_dir: Path, fid_weights: Path) -> None:
+def test_torchrun_two_processes_share_one_run_directory(tmp_path: Path, data_dir: Path) -> None:
     """torchrun starts both processes, each running Hydra: they must agree on one run folder
-    (the default one, named by the rendezvous id) and on the FID and the weights."""
+    (the default one, named by the rendezvous id) and on the weights. (FID under two processes:
+    test_ddp_on_two_cpu_processes; once the processes exist, the code path is the same.)"""
     env = {k: v for k, v in os.environ.items() if k != "TORCHELASTIC_RUN_ID"} | {"DCGAN_DATA_DIR": str(data_dir)}
     env = cpu_only(env)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     result = subprocess.run(
-        [*command, str(REPO / "train.py"), "experiment=smoke", "trainer=ddp_cpu"],
+        [*command, str(REPO / "train.py"), "experiment=smoke", "trainer=ddp_cpu", "eval.fid=false"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     check(result)
     [run] = (tmp_path / "outputs" / "smoke").iterdir()
     assert run.name.startswith("torchrun-")
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
     log = (run / "train.log").read_text()  # both processes append to it
-    fids = [re.findall(rf"Epoch (\d): rank {rank} of 2: FID (\S+)", log) for rank in (0, 1)]
-    assert len(fids[0]) == 2 and fids[0] == fids[1]
     sums = [re.findall(rf"rank {rank} of 2: weight checksum (\S+)", log) for rank in (0, 1)]
     assert len(sums[0]) == 1 and sums[0] == sums[1]
     assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
