@@ -23,17 +23,19 @@ def test_two_job_sweep_with_fid(tmp_path: Path, data_dir: Path, fid_weights: Pat
     sweep = tmp_path / "sweep"
     result = check(
         run_script(
-            "train.py", "-m", "experiment=smoke", "optimizer=adam,ttur", f"hydra.sweep.dir={sweep}",
+            "train.py", "-m", "experiment=smoke", "optimizer=adam,ttur", "eval.final_split=null",
+            f"hydra.sweep.dir={sweep}",
             env={"DCGAN_DATA_DIR": str(data_dir)},
         )
     )  # fmt: skip
     assert "Launching 2 jobs locally" in result.stdout + result.stderr
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert jobs == ["0_optimizer=adam", "1_optimizer=ttur"]  # named by their overrides
-    for job in jobs:
+    # named by their overrides
+    assert jobs == ["0_eval.final_split=null,optimizer=adam", "1_eval.final_split=null,optimizer=ttur"]
+    for job, optimizer in zip(jobs, ("adam", "ttur"), strict=True):
         record = json.loads((sweep / job / "metrics.json").read_text())
         assert record["status"] == "completed" and record["experiment"] == "smoke"
-        assert record["overrides"] == ["experiment=smoke", f"optimizer={job.split('=')[1]}"]
+        assert record["overrides"] == ["experiment=smoke", f"optimizer={optimizer}", "eval.final_split=null"]
         assert (record["epochs"], record["batches"]) == (2, 10)
         assert 0 < record["fid_best"] <= record["fid"]
         assert record["objective"] == pytest.approx(record["fid_best"])  # what a sweeper minimizes
