@@ -324,13 +324,13 @@ def test_the_real_data_floor_command(extractor: InceptionFeatures, mnist_test: t
     sys.path.insert(0, str(REPO / "tools"))
     from fid_floor import floor
 
-    record = floor(["num_samples=16", "reference_samples=32", f"paths.data_dir={data_dir}"])
+    record = floor(["num_samples=32", "reference_samples=64", f"paths.data_dir={data_dir}"])
     assert {k: record[k] for k in ("dataset", "num_samples", "num_reference", "reference_split")} == {
-        "dataset": "mnist", "num_samples": 16, "num_reference": 32, "reference_split": "test"
+        "dataset": "mnist", "num_samples": 32, "num_reference": 64, "reference_split": "test"
     }  # fmt: skip
     train = load_mnist("mnist", data_dir, "train", download=False)[0]
-    a = extractor(train[reference_indices(len(train), 16)]).double().numpy()
-    b = extractor(mnist_test[reference_indices(len(mnist_test), 32)]).double().numpy()
+    a = extractor(train[reference_indices(len(train), 32)]).double().numpy()
+    b = extractor(mnist_test[reference_indices(len(mnist_test), 64)]).double().numpy()
     covmean = linalg.sqrtm(np.cov(a, rowvar=False) @ np.cov(b, rowvar=False)).real
     expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(
         np.cov(a, rowvar=False) + np.cov(b, rowvar=False) - 2 * covmean
