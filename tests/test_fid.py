@@ -338,3 +338,7 @@ def test_the_real_data_floor_command(extractor: InceptionFeatures, mnist_test: t
         np.cov(a, rowvar=False) + np.cov(b, rowvar=False) - 2 * covmean
     )
     assert record["fid"] == pytest.approx(expected, rel=1e-3)
+    # the training images as the "generated" side, as in a model's score; real vs real: near 1
+    pr = precision_recall(torch.from_numpy(a).float(), torch.from_numpy(b).float())
+    assert record["precision"] == pytest.approx(pr["precision"]) and record["recall"] == pytest.approx(pr["recall"])
+    assert min(pr.values()) > 0.7, pr

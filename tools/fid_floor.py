@@ -2,8 +2,9 @@
 
 N real training images (the fixed random subset FID references use) against the test split,
 through the same features and Fréchet distance as a model's score: the FID of a generator that
-draws real images, which no model beats at that N (FID falls as N grows). One JSON line on
-stdout. Settings (Hydra overrides of conf/train.yaml and conf/fid.yaml):
+draws real images, which no model beats at that N (FID falls as N grows), with its precision and
+recall (what a perfect generator scores on them). One JSON line on stdout. Settings (Hydra
+overrides of conf/train.yaml and conf/fid.yaml):
   dataset=mnist|fashion_mnist  dataset.image_size=28|64|128  num_samples=10000 (N)
   reference_samples=null (test images: all)  eval.weights, eval.cache_dir as for train.py
 """
@@ -18,7 +19,7 @@ from hydra import compose, initialize_config_dir
 
 from dcgan.cli import exit_with, instantiate_node
 from dcgan.errors import ReportedError
-from dcgan.metrics import InceptionFeatures, frechet_distance, reference_features
+from dcgan.metrics import InceptionFeatures, frechet_distance, precision_recall, reference_features
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -43,6 +44,7 @@ def floor(overrides: list[str]) -> dict[str, object]:
         "num_reference": len(test),
         "reference_split": key.split,
         "fid": frechet_distance(train, test),
+        **precision_recall(train, test),
     }
 
 
