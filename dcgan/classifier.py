@@ -7,9 +7,9 @@ accuracy), and its penultimate features give a Fréchet distance, ``fid_lenet``,
 seconds for 10,000 images on a CPU where Inception takes ten minutes. It is not FID (other
 features, other scale): results are reported in Inception FID.
 
-The classifier is trained once per dataset on its training split (seeded, deterministic on one
-machine; ~1 min on 2 CPU cores), its accuracy measured on the test split, and cached beside
-the FID reference features.
+The classifier is trained once per dataset on its training split (seeded, deterministic for one
+machine and thread count; 4 to 5 min on a 2-core CPU), its accuracy measured on the test split,
+and cached beside the FID reference features.
 """
 
 from __future__ import annotations
