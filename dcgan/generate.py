@@ -61,6 +61,13 @@ def _flag(value: object, key: str) -> bool:
     return bool(value)
 
 
+def file_tag(checkpoint: Checkpoint, model: DCGAN, ema: bool) -> str:
+    """The checkpoint's name (best, last, ...), with ``-raw`` when the trained G of a checkpoint
+    that also holds an average of its weights draws: files of different checkpoints and of the
+    two generators stay apart."""
+    return checkpoint.path.stem + ("" if ema or model.generator_ema is None else "-raw")
+
+
 class Generation:
     """A loaded generator with the settings every image mode shares; writes into ``out_dir``."""
 
@@ -73,7 +80,7 @@ class Generation:
         self.image_size: int = self.model.hparams.image_size
         self.label = requested_class(cfg, self.model)
         self.out_dir = out_dir
-        self.tag = checkpoint.path.stem  # best, last, ...: files of different checkpoints stay apart
+        self.tag = file_tag(checkpoint, self.model, self.ema)
         log.info("generator of %s on %s", checkpoint.path, self.model.device)
 
     def images(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -300,7 +307,8 @@ def score(cfg: DictConfig, run: Run, checkpoint: Checkpoint) -> Path:
     result = scorer.score(draw, z, labels)
     if _flag(settings.classifier, "fid.classifier") and classifies(dataset.get("name")):
         result |= classifier_scores(reference, settings, run, device).score(draw, z, labels)
-    out = Path(settings.out or run.directory / "eval" / f"fid-{checkpoint.path.stem}-n{num_samples}-{key.split}.json")
+    tag = file_tag(checkpoint, model, ema)
+    out = Path(settings.out or run.directory / "eval" / f"fid-{tag}-n{num_samples}-{key.split}.json")
     record = {
         "checkpoint": str(checkpoint.path.resolve()),
         "epochs_trained": checkpoint.epochs_trained,

@@ -140,13 +140,12 @@ def test_ema_picks_the_average_or_the_trained_generator(tmp_path: Path) -> None:
     trainer = fit(model, batches=3)
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(ckpt)
-    grids = {}
-    for ema in (True, False):
-        cfg = compose_generate(
-            f"checkpoint={ckpt}", f"out_dir={tmp_path / str(ema)}", f"ema={ema}", "grid.num_images=4"
-        )
-        [path] = generate(cfg)
-        grids[ema] = cells(path, 2)
+    grids, paths = {}, {}
+    for ema in (True, False):  # into one folder: the raw G's files are named apart
+        cfg = compose_generate(f"checkpoint={ckpt}", f"out_dir={tmp_path / 'out'}", f"ema={ema}", "grid.num_images=4")
+        [paths[ema]] = generate(cfg)
+        grids[ema] = cells(paths[ema], 2)
+    assert (paths[True].name, paths[False].name) == ("grid-last-seed0.png", "grid-last-raw-seed0.png")
     z = latents(4, model.hparams.latent_dim, 0)
     for ema, images in grids.items():
         expected = (model.generate(z, ema=ema) + 1).mul(127.5).round().clamp(0, 255).to(torch.uint8)[:, 0]
