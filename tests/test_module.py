@@ -230,6 +230,18 @@ def test_ema_after_k_updates_equals_the_closed_form() -> None:
     assert not any(p.requires_grad for p in ema.net.parameters())
 
 
+def test_ema_does_not_change_training() -> None:
+    """The average is kept beside G, never fed back: G and D after training with EMA equal a
+    run without it, so an EMA run's own G scores the run without EMA (docs/quality.md)."""
+    runs = []
+    for decay in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = tiny_model(ema_decay=decay)
+        fit(model, batches=3)
+        runs.append([p.detach() for p in (*model.generator.parameters(), *model.discriminator.parameters())])
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
 def test_the_ema_generator_draws_grids_and_is_saved(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = tiny_model(ema_decay=0.5)
