@@ -307,8 +307,8 @@ def score(cfg: DictConfig, run: Run, checkpoint: Checkpoint) -> Path:
     result = scorer.score(draw, z, labels)
     if _flag(settings.classifier, "fid.classifier") and classifies(dataset.get("name")):
         result |= classifier_scores(reference, settings, run, device).score(draw, z, labels)
-    tag = file_tag(checkpoint, model, ema)
-    out = Path(settings.out or run.directory / "eval" / f"fid-{tag}-n{num_samples}-{key.split}.json")
+    name = f"fid-{file_tag(checkpoint, model, ema)}-n{num_samples}-{key.split}.json"
+    out = Path(settings.out or run.directory / "eval" / name)
     record = {
         "checkpoint": str(checkpoint.path.resolve()),
         "epochs_trained": checkpoint.epochs_trained,

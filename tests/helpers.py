@@ -104,6 +104,16 @@ def nan_loss_at(monkeypatch: pytest.MonkeyPatch, call: int) -> list[int]:
     return calls
 
 
+def record_builds(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any, Any]]:
+    """Keep what ``dcgan.train.build`` returns, (datamodule, model, trainer), for each call, so a
+    test can read the trainer's optimizers after ``train`` has ended or raised."""
+    import dcgan.train
+
+    built, build = [], dcgan.train.build
+    monkeypatch.setattr(dcgan.train, "build", lambda *args: built.append(build(*args)) or built[-1])
+    return built
+
+
 def random_inception_weights(path: Path, seed: int = 0, monkeypatch: pytest.MonkeyPatch | None = None) -> Path:
     """A weights file of the FID Inception network with seeded random (He-normal) convolution
     weights: the architecture without the 96 MB download, for checks of a device's arithmetic

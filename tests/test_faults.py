@@ -23,7 +23,7 @@ from dcgan import loop
 from dcgan.errors import OutputError, TrainingDiverged
 from dcgan.files import atomic_path, save_png
 from dcgan.run import AtomicCheckpointIO, remove_stale_temporaries
-from tests.helpers import REPO, check, cpu_only, nan_loss_at, run_script
+from tests.helpers import REPO, check, cpu_only, nan_loss_at, record_builds, run_script
 
 
 def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], timeout: float = 180) -> None:
@@ -347,8 +347,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     import dcgan.train
 
     calls = nan_loss_at(monkeypatch, call=8)  # epoch 2 (5 batches per epoch), batch 3
-    built, build = [], dcgan.train.build
-    monkeypatch.setattr(dcgan.train, "build", lambda *args: built.append(build(*args)) or built[-1])
+    built = record_builds(monkeypatch)
     cfg = compose_cfg(
         "experiment=smoke",
         "eval.fid=false",

@@ -15,7 +15,7 @@ from dcgan.errors import TrainingDiverged
 from dcgan.metrics import InceptionFeatures
 from dcgan.sampling import load_generator_module
 from dcgan.train import build, train
-from tests.helpers import nan_loss_at, random_inception_weights
+from tests.helpers import nan_loss_at, random_inception_weights, record_builds
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -72,14 +72,11 @@ def test_bf16_compiled_training_on_the_gpu(
 def test_a_nan_loss_on_the_gpu_drops_the_update_on_the_device_and_stops_at_the_next_logging_step(
     compose_cfg: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dcgan.train
-
     calls = nan_loss_at(monkeypatch, call=8)  # epoch 2 (5 batches per epoch), batch 3
-    built, build_ = [], dcgan.train.build
-    monkeypatch.setattr(dcgan.train, "build", lambda *args: built.append(build_(*args)) or built[-1])
+    built = record_builds(monkeypatch)
     cfg = compose_cfg(*GPU, "trainer.max_epochs=3", "trainer.log_every_n_steps=50")
     with pytest.raises(TrainingDiverged, match=r"^d_loss is nan at epoch 2, batch 3 \(batch 8 of the run\)"):
-        dcgan.train.train(cfg)
+        train(cfg)
     assert len(calls) == 10  # read at epoch 2's last batch, before its checkpoint
     # The fused kernels skipped batch 8's D update on the device (found_inf) and made the others.
     [(_, model, trainer)] = built
