@@ -40,17 +40,23 @@ def stage_layout(image_size: int) -> tuple[int, int]:
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
-    """DCGAN initialisation: conv/linear weights ~ N(0, 0.02), BatchNorm scale ~ N(1, 0.02)
-    (a conditional BatchNorm's per-class scales too)."""
+    """DCGAN initialisation: conv, linear and embedding weights ~ N(0, 0.02), BatchNorm scale
+    ~ N(1, 0.02) (a conditional BatchNorm's per-class scales too).
+
+    The projection discriminator's class embedding needs it as much as the convs: torch's
+    default N(0, 1) made the class term of D's logit ~270x its unconditional head at init (28 px,
+    BatchNorm D), logits of +-200, and the conditional run trailed the unconditional one.
+    """
     for m in module.modules():
-        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear | nn.Embedding):
             nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
+            if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d) and m.affine:
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
-        elif isinstance(m, ConditionalBatchNorm):
+    for m in module.modules():  # after the loop above, which set their embeddings to N(0, 0.02)
+        if isinstance(m, ConditionalBatchNorm):
             nn.init.normal_(m.scale.weight, 1.0, 0.02)
             nn.init.zeros_(m.shift.weight)
 

@@ -202,6 +202,26 @@ def test_projection_d_adds_the_class_embedding_of_its_features() -> None:
     assert torch.allclose(b, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("fc_width", [0, 1024])
+def test_the_class_term_starts_on_the_scale_of_the_unconditional_logit(fc_width: int) -> None:
+    """A projection D's class embedding starts small (N(0, 0.02), as D's other weights): with
+    torch's N(0, 1) its term was 270x (conv) / 64x (FC) D's head at init, logits of +-200."""
+    torch.manual_seed(0)
+    d = Discriminator(28, 1, width=64, max_width=1024, num_classes=10, fc_width=fc_width)
+    x, y = torch.rand(64, 1, 28, 28) * 2 - 1, torch.randint(0, 10, (64,))
+    *body, head = d.net
+    h = x
+    for layer in body:
+        h = layer(h)
+    features = h.sum(dim=(2, 3)) if h.dim() == 4 else h
+    class_term = (d.embed(y) * features).sum(dim=1)  # type: ignore[misc]
+    assert class_term.std() < 10 * head(h).std()
+    # G's conditional BatchNorms still start as plain BatchNorms (scale ~1, shift 0)
+    g = Generator(28, 1, 8, width=8, max_width=32, num_classes=10, fc_width=16)
+    norms = [m for m in g.modules() if isinstance(m, ConditionalBatchNorm)]
+    assert len(norms) == 3 and all(abs(m.scale.weight.mean() - 1) < 0.01 and not m.shift.weight.any() for m in norms)
+
+
 def test_class_labels_follow_the_training_proportions() -> None:
     counts = torch.tensor([5923.0, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949])  # MNIST train
     labels = class_labels(10_000, counts, seed=0)
