@@ -11,7 +11,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from dcgan.augment import DiffAugment, cutout, translation
 from dcgan.datasets.module import TensorLoader
@@ -193,13 +193,19 @@ def test_projection_d_adds_the_class_embedding_of_its_features() -> None:
     d.eval()
     a, b = d(x, torch.tensor([0, 0, 0])), d(x, torch.tensor([5, 5, 5]))
     assert not torch.allclose(a, b)
-    # the logit is D's unconditional head plus <embed(y), sum of features over the start grid>
+    unconditional, class_term = logit_parts(d, x, torch.tensor([5, 5, 5]))
+    assert torch.allclose(b, unconditional + class_term, atol=1e-5)
+
+
+def logit_parts(d: Discriminator, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """A projection D's logit, recomputed in its two parts: the unconditional head, and <embed(y),
+    D's features summed over the start grid (or its FC layer's)>."""
     *body, head = d.net
     h = x
     for layer in body:
         h = layer(h)
-    expected = head(h).flatten() + (d.embed(torch.tensor([5, 5, 5])) * h.sum(dim=(2, 3))).sum(dim=1)  # type: ignore[misc]
-    assert torch.allclose(b, expected, atol=1e-5)
+    features = h.sum(dim=(2, 3)) if h.dim() == 4 else h
+    return head(h).flatten(), (d.embed(labels) * features).sum(dim=1)  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("fc_width", [0, 1024])
@@ -208,14 +214,8 @@ def test_the_class_term_starts_on_the_scale_of_the_unconditional_logit(fc_width:
     torch's N(0, 1) its term was 270x (conv) / 64x (FC) D's head at init, logits of +-200."""
     torch.manual_seed(0)
     d = Discriminator(28, 1, width=64, max_width=1024, num_classes=10, fc_width=fc_width)
-    x, y = torch.rand(64, 1, 28, 28) * 2 - 1, torch.randint(0, 10, (64,))
-    *body, head = d.net
-    h = x
-    for layer in body:
-        h = layer(h)
-    features = h.sum(dim=(2, 3)) if h.dim() == 4 else h
-    class_term = (d.embed(y) * features).sum(dim=1)  # type: ignore[misc]
-    assert class_term.std() < 10 * head(h).std()
+    unconditional, class_term = logit_parts(d, torch.rand(64, 1, 28, 28) * 2 - 1, torch.randint(0, 10, (64,)))
+    assert class_term.std() < 10 * unconditional.std()
     # G's conditional BatchNorms still start as plain BatchNorms (scale ~1, shift 0)
     g = Generator(28, 1, 8, width=8, max_width=32, num_classes=10, fc_width=16)
     norms = [m for m in g.modules() if isinstance(m, ConditionalBatchNorm)]
