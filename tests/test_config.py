@@ -35,8 +35,8 @@ def test_groups_hold_the_documented_options() -> None:
     assert options("trainer") == ["cpu", "ddp", "ddp_cpu", "default", "gpu"]
     assert options("logger") == ["csv", "tensorboard"]
     assert options("experiment") == [
-        "fashion128", "fashion28", "fashion28_fc", "fashion64", "folder64", "mnist28", "mnist28_best", "mnist28_cond",
-        "mnist28_fc", "smoke", "sweep_mnist28",
+        "fashion128", "fashion28", "fashion28_cond", "fashion28_fc", "fashion64", "folder64", "mnist28", "mnist28_best",
+        "mnist28_cond", "mnist28_fc", "smoke", "sweep_mnist28",
     ]  # fmt: skip
     assert options("hparams_search") == ["optuna_fid"]
 
