@@ -3,6 +3,7 @@ results, its wheel list against the project's dependencies, its install of those
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from importlib.metadata import requires
@@ -22,8 +23,6 @@ import gpu_check
 
 @pytest.mark.slow
 def test_without_a_gpu_it_says_so_in_one_line_and_exits_0() -> None:
-    import os
-
     result = subprocess.run(
         [sys.executable, str(REPO / "tools" / "gpu_check.py")],
         cwd=REPO, env=cpu_only(os.environ), capture_output=True, text=True, timeout=120,
@@ -63,7 +62,25 @@ def test_the_wheels_are_installed_from_the_folder_when_missing(tmp_path: Path, m
     [command] = calls
     site = command[command.index("--target") + 1]
     assert "--no-index" in command and command[-1] == str(tmp_path / "hydra_core-1.3.8-py3-none-any.whl")
-    assert env["PYTHONPATH"].split(":")[0] == site
+    assert env["PYTHONPATH"].split(os.pathsep)[:2] == [site, str(REPO)]
+
+
+def test_the_checks_import_the_repository_without_an_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU machine has a copy of the repository, not an install: tools/bench.py, started as
+    a script, finds ``dcgan`` through PYTHONPATH (on torch 2.11 / Python 3.12 without the
+    repository there: ModuleNotFoundError, and the benchmark step failed)."""
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    env = gpu_check.environment(REPO / "no-wheels-needed")  # hydra and torch-fidelity are installed here
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(REPO), "/elsewhere"]
+    # python -S: site-packages only as a plain folder on PYTHONPATH, without the .pth file
+    # through which the editable install finds the repository.
+    packages = next(p for p in sys.path if p.endswith("site-packages"))
+    result = subprocess.run(
+        [sys.executable, "-S", str(REPO / "tools" / "bench.py"), "--help"],
+        cwd=REPO / "tools", env=cpu_only(env | {"PYTHONPATH": env["PYTHONPATH"] + os.pathsep + packages}),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stdout.startswith("usage: python tools/bench.py"), result.stderr[-2000:]
 
 
 def test_the_summary_of_recorded_results() -> None:

@@ -66,8 +66,11 @@ def download_wheels(dest: Path = WHEEL_DIR) -> None:
 
 def environment(wheels: Path) -> dict[str, str]:
     """The environment for the checks: the missing packages installed from ``wheels`` into a
-    temporary folder on PYTHONPATH, and the GPU machine's data folder."""
+    temporary folder on PYTHONPATH, the repository on PYTHONPATH (the GPU machine has a copy of
+    it, not an install: tools/bench.py, run as a script, would not find ``dcgan``), and the GPU
+    machine's data folder."""
     env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     missing = [n for n, module in (("hydra-core", "hydra"), ("torch-fidelity", "torch_fidelity")) if not _has(module)]
     if missing:
         found = sorted(wheels.glob("*.whl"))
