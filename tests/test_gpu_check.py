@@ -4,6 +4,7 @@ results, its wheel list against the project's dependencies, its install of those
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from importlib.metadata import requires
@@ -51,7 +52,10 @@ def test_the_wheels_and_the_gpu_machine_cover_the_project_dependencies() -> None
         assert needs <= available, f"{wheel} needs {needs - available}"
 
 
-def test_the_wheels_are_installed_from_the_folder_when_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_wheels_are_installed_from_the_folder_when_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_dir: Path
+) -> None:
+    monkeypatch.setenv("DCGAN_DATA_DIR", str(data_dir))
     calls: list[list[str]] = []
     monkeypatch.setattr(gpu_check, "_has", lambda module: False)
     monkeypatch.setattr(gpu_check.subprocess, "run", lambda command, **kw: calls.append(command))
@@ -65,11 +69,25 @@ def test_the_wheels_are_installed_from_the_folder_when_missing(tmp_path: Path, m
     assert env["PYTHONPATH"].split(os.pathsep)[:2] == [site, str(REPO)]
 
 
-def test_the_checks_import_the_repository_without_an_install(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_datasets_it_stops_at_once_and_with_them_missing_data_fails_the_tests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, data_dir: Path
+) -> None:
+    """Without MNIST the GPU tests would skip (the suite skips where data is missing) and gpu-check
+    would report success: it stops before spending GPU time, naming the folder it looked in."""
+    monkeypatch.setenv("DCGAN_DATA_DIR", str(tmp_path))
+    expected = f"gpu-check: no MNIST/raw under {tmp_path}; copy the datasets there (cp -r ../shared/data/. data/)"
+    with pytest.raises(SystemExit, match=re.escape(expected)):
+        gpu_check.environment(REPO / "no-wheels-needed")
+    monkeypatch.setenv("DCGAN_DATA_DIR", str(data_dir))
+    assert gpu_check.environment(REPO / "no-wheels-needed")["DCGAN_REQUIRE_DATA"] == "1"
+
+
+def test_the_checks_import_the_repository_without_an_install(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
     """The GPU machine has a copy of the repository, not an install: tools/bench.py, started as
     a script, finds ``dcgan`` through PYTHONPATH (on torch 2.11 / Python 3.12 without the
     repository there: ModuleNotFoundError, and the benchmark step failed)."""
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    monkeypatch.setenv("DCGAN_DATA_DIR", str(data_dir))
     env = gpu_check.environment(REPO / "no-wheels-needed")  # hydra and torch-fidelity are installed here
     assert env["PYTHONPATH"].split(os.pathsep) == [str(REPO), "/elsewhere"]
     # python -S: site-packages only as a plain folder on PYTHONPATH, without the .pth file

@@ -81,6 +81,14 @@ def environment(wheels: Path) -> dict[str, str]:
         subprocess.run([*pip, "--target", site, *map(str, found)], check=True)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [site, env.get("PYTHONPATH")]))
     env.setdefault("DCGAN_DATA_DIR", str(REPO / "data"))
+    # Every step trains on MNIST: say so at once, not after the GPU tests skipped for the want
+    # of it (the suite skips without data) and the benchmark failed.
+    if not (Path(env["DCGAN_DATA_DIR"]) / "MNIST" / "raw").is_dir():
+        sys.exit(
+            f"gpu-check: no MNIST/raw under {env['DCGAN_DATA_DIR']}; copy the datasets there "
+            "(cp -r ../shared/data/. data/) or set DCGAN_DATA_DIR"
+        )
+    env["DCGAN_REQUIRE_DATA"] = "1"
     return env
 
 
