@@ -82,6 +82,7 @@ def test_without_the_datasets_it_stops_at_once_and_with_them_missing_data_fails_
     assert gpu_check.environment(REPO / "no-wheels-needed")["DCGAN_REQUIRE_DATA"] == "1"
 
 
+@pytest.mark.slow
 def test_the_checks_import_the_repository_without_an_install(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> None:
     """The GPU machine has a copy of the repository, not an install: tools/bench.py, started as
     a script, finds ``dcgan`` through PYTHONPATH (on torch 2.11 / Python 3.12 without the
