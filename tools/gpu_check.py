@@ -70,6 +70,15 @@ def environment(wheels: Path) -> dict[str, str]:
     it, not an install: tools/bench.py, run as a script, would not find ``dcgan``), and the GPU
     machine's data folder."""
     env = dict(os.environ)
+    env.setdefault("DCGAN_DATA_DIR", str(REPO / "data"))
+    # Every step trains on MNIST: say so at once, not after the GPU tests skipped for the want
+    # of it (the suite skips without data) and the benchmark failed.
+    if not (Path(env["DCGAN_DATA_DIR"]) / "MNIST" / "raw").is_dir():
+        sys.exit(
+            f"gpu-check: no MNIST/raw under {env['DCGAN_DATA_DIR']}; copy the datasets there "
+            "(cp -r ../shared/data/. data/) or set DCGAN_DATA_DIR"
+        )
+    env["DCGAN_REQUIRE_DATA"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     missing = [n for n, module in (("hydra-core", "hydra"), ("torch-fidelity", "torch_fidelity")) if not _has(module)]
     if missing:
@@ -80,15 +89,6 @@ def environment(wheels: Path) -> dict[str, str]:
         pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile"]
         subprocess.run([*pip, "--target", site, *map(str, found)], check=True)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [site, env.get("PYTHONPATH")]))
-    env.setdefault("DCGAN_DATA_DIR", str(REPO / "data"))
-    # Every step trains on MNIST: say so at once, not after the GPU tests skipped for the want
-    # of it (the suite skips without data) and the benchmark failed.
-    if not (Path(env["DCGAN_DATA_DIR"]) / "MNIST" / "raw").is_dir():
-        sys.exit(
-            f"gpu-check: no MNIST/raw under {env['DCGAN_DATA_DIR']}; copy the datasets there "
-            "(cp -r ../shared/data/. data/) or set DCGAN_DATA_DIR"
-        )
-    env["DCGAN_REQUIRE_DATA"] = "1"
     return env
 
 
@@ -178,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print(f"gpu-check: no CUDA GPU on this machine (torch {torch.__version__}); nothing to check")
         return 0
+    env = environment(args.wheels)
     out = args.out or REPO / "outputs" / "gpu-check" / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
-    env = environment(args.wheels)
     records = [run_pytest(env, out)]
     for name, extra in BENCH.items():
         records += run_bench(env, out, name, extra)
