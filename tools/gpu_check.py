@@ -79,7 +79,7 @@ def environment(wheels: Path) -> dict[str, str]:
             "(cp -r ../shared/data/. data/) or set DCGAN_DATA_DIR"
         )
     env["DCGAN_REQUIRE_DATA"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    _put_first_on_path(env, REPO)
     missing = [n for n, module in (("hydra-core", "hydra"), ("torch-fidelity", "torch_fidelity")) if not _has(module)]
     if missing:
         found = sorted(wheels.glob("*.whl"))
@@ -88,8 +88,12 @@ def environment(wheels: Path) -> dict[str, str]:
         site = tempfile.mkdtemp(prefix="dcgan-site-")
         pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile"]
         subprocess.run([*pip, "--target", site, *map(str, found)], check=True)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [site, env.get("PYTHONPATH")]))
+        _put_first_on_path(env, site)
     return env
+
+
+def _put_first_on_path(env: dict[str, str], folder: Path | str) -> None:
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), env.get("PYTHONPATH")]))
 
 
 def _has(module: str) -> bool:
