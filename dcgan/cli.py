@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -16,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan.errors import ReportedError, TrainingInterrupted, UserInputError
@@ -80,10 +83,10 @@ def run_or_exit(fn: Callable[[], T]) -> T | float:
 
 
 def check_added_settings(cfg: DictConfig) -> None:
-    """Refuse a ``+key=value`` that adds a setting the config does not have, unless it adds to
-    a node that is passed to a constructor (one with ``_target_``: ``+trainer.<a Lightning
-    Trainer argument>``, a callback's arguments), which checks its arguments itself. Hydra
-    appends any key, so a mistyped one (``+eval.num_sample=500``) would be ignored in silence."""
+    """Refuse a ``+key=value`` that adds a setting the config does not have, unless it adds an
+    argument that the node's constructor (its ``_target_``) takes: ``+trainer.<a Lightning
+    Trainer argument>``, a callback's arguments. Hydra appends any key, so a mistyped one
+    (``+eval.num_sample=500``) would be ignored in silence."""
     if not HydraConfig.initialized():
         return
     hydra_cfg = HydraConfig.get()
@@ -92,15 +95,113 @@ def check_added_settings(cfg: DictConfig) -> None:
         key = override.key_or_group
         if not override.is_add() or key in groups:
             continue
-        parent = key.rpartition(".")[0]
+        parent, _, name = key.rpartition(".")
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        if isinstance(node, DictConfig) and "_target_" in node:
+        if (
+            isinstance(node, DictConfig)
+            and "_target_" in node
+            and (name.startswith("_") or _takes(node._target_, name) is not False)
+        ):
             continue
         raise UserInputError(
-            f"{override.input_line}: {key} is not a setting (mistyped?); change an existing setting without the + "
-            "(`--cfg job` lists them). Only a constructor's arguments can be added, e.g. "
-            "+trainer.<Lightning Trainer argument>"
+            unknown_setting(cfg, key, override.input_line)
+            + ". Only a constructor's arguments can be added, e.g. +trainer.<Lightning Trainer argument>"
         )
+
+
+def check_sections(cfg: DictConfig, names: tuple[str, ...]) -> None:
+    """Refuse a section of settings replaced by a value on the command line (``model=dcgan``, as
+    in templates where ``model`` is a config group): Hydra takes it, and the code would fail
+    reading its settings."""
+    for name in names:
+        value = cfg.get(name)
+        if value is not None and not isinstance(value, DictConfig):
+            raise UserInputError(
+                f"{name}={value}: {name} is a section of settings, not one setting or a config group; set its "
+                f"settings one by one, e.g. {name}.<setting>=<value> (`--cfg job` lists them)"
+            )
+
+
+def closest_settings(cfg: DictConfig, key: str) -> list[str]:
+    """The settings of ``cfg`` nearest to ``key`` (a mistyped one): the nearest, and any as near
+    as it; Hydra's own settings only for a ``hydra.`` key."""
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(tree, dict)
+    keys: list[str] = []
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for name, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{name}.")
+            elif not str(name).startswith("_") and f"{prefix}{name}" != key:
+                keys.append(f"{prefix}{name}")
+
+    walk({k: v for k, v in tree.items() if (k == "hydra") == key.startswith("hydra.")}, "")
+    scores = {k: difflib.SequenceMatcher(None, key, k).ratio() for k in keys}
+    best = max(scores.values(), default=0.0)
+    return sorted((k for k, v in scores.items() if v >= max(0.6, best - 0.05)), key=lambda k: -scores[k])[:3]
+
+
+def unknown_setting(cfg: DictConfig, key: str, input_line: str) -> str:
+    """What to tell a user whose ``input_line`` names ``key``, which ``cfg`` does not have: the
+    settings nearest to it, and ``+`` only where a constructor takes the key as an argument
+    (``trainer.enable_progress_bar``: a Lightning Trainer argument the config does not list)."""
+    near = closest_settings(cfg, key)
+    guess = f"did you mean {' or '.join(near)}?" if near else "mistyped?"
+    script = Path(sys.argv[0]).name
+    listed = f"; `python {script} --cfg job` lists them" if script in ("train.py", "generate.py") else ""
+    message = f"{input_line}: {key} is not a setting ({guess}){listed}"
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None) if parent else None
+    if not input_line.startswith("+") and isinstance(node, DictConfig) and _takes(node.get("_target_"), name):
+        message = (
+            f"{input_line}: {key} is not in the config, but {node._target_} takes {name}: add it with +{input_line}"
+        )
+    return message
+
+
+def _takes(target: object, name: str) -> bool | None:
+    """Whether the constructor ``target`` (a ``_target_`` path) takes an argument ``name`` (by
+    name or through ``**kwargs``); None when its signature cannot be read."""
+    if not isinstance(target, str):
+        return None
+    try:
+        parameters = inspect.signature(get_object(target)).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return None
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return (name in parameters and parameters[name].kind in keyword) or any(
+        p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+
+
+def describe_config_error(error: Exception) -> str:
+    """One line for a config Hydra could not compose: a mistyped key with the settings nearest
+    to it, an unknown option with the group's options, an override that does not parse."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    cause = error.__cause__
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError) and cause.parent_node is not None:
+        # Hydra's advice quotes the override: "To append to your config use +<override>"
+        typed = re.search(r"use \+(\S+)\s*$", str(error))
+        root = cause.parent_node._get_root()
+        if typed and isinstance(root, DictConfig):
+            input_line = typed.group(1)
+            return unknown_setting(root, input_line.split("=", 1)[0], input_line)
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
+        group, _, name = error.missing_cfg_file.rpartition("/")
+        return f"{group}={name} is not an option of {group}; choose one of {', '.join(error.options)}"
+    if isinstance(error, OverrideParseException):
+        reason, _, link = str(error).partition("\nSee ")
+        return (
+            f"cannot read {error.override!r}: {' '.join(reason.split())}; settings are key=value, e.g. "
+            f"trainer.max_epochs=40 ({link.removesuffix(' for details') or 'Hydra override grammar'})"
+        )
+    text = " ".join(str(error).split())
+    where = getattr(error, "full_key", None)  # OmegaConf's errors name the setting apart
+    text = f"{where}: {text}" if where and str(where) not in text else text
+    return f"{text} ({' '.join(str(cause).split())})" if cause is not None else text
 
 
 def exit_with(error: ReportedError) -> NoReturn:

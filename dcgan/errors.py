@@ -5,6 +5,7 @@ the error's ``exit_code``; anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,30 +51,43 @@ def entry_point() -> Iterator[None]:
 
     - Ctrl-C there (importing torch takes seconds) ends with one line and exit 130, not a
       ``KeyboardInterrupt`` traceback; once training starts, its own handler saves the state.
-    - A config Hydra cannot compose (``dataset=cifar10``, a malformed override) is an input
-      mistake like any other: exit 2, where Hydra exits 1 after printing its message.
+    - A config Hydra cannot compose (``dataset=cifar10``, a mistyped key, a malformed override)
+      is an input mistake like any other: one ``error:`` line that says what is accepted
+      (``dcgan.cli.describe_config_error``), exit 2. Hydra would print its own report, which
+      sends a mistyped key to ``+key=...``, and exit 1; with HYDRA_FULL_ERROR set, it raises
+      the error instead, for us to report. A user who sets HYDRA_FULL_ERROR gets Hydra's.
 
     This module imports nothing heavy, so a script can enter this before importing the rest.
     """
+    ours = "HYDRA_FULL_ERROR" not in os.environ
+    if ours:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         yield
     except KeyboardInterrupt:
         print("interrupted: Ctrl-C before training began; nothing to save", file=sys.stderr)
         raise SystemExit(130) from None
-    except SystemExit as e:
-        # Hydra prints a composition error and calls sys.exit(1) while handling it, so the
-        # error is the exit's context.
-        if e.code == 1 and _is_config_error(e.__context__):
-            raise SystemExit(UserInputError.exit_code) from None
-        raise
+    except Exception as e:
+        if not (ours and _is_config_error(e)):
+            raise
+        from dcgan.cli import describe_config_error  # loaded by now: Hydra was composing
+
+        print(f"{UserInputError.label}: {describe_config_error(e)}", file=sys.stderr)
+        raise SystemExit(UserInputError.exit_code) from None
+    finally:
+        if ours:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
-def _is_config_error(error: BaseException | None) -> bool:
-    if error is None or "hydra" not in sys.modules:
+def _is_config_error(error: BaseException) -> bool:
+    """Hydra's errors about the config (not the run's), and an interpolation that does not
+    resolve (``--cfg hydra --resolve`` reaches one)."""
+    if "hydra" not in sys.modules:
         return False
-    from hydra.errors import CompactHydraException  # Hydra's errors about the config, not the run
+    from hydra.errors import CompactHydraException
+    from omegaconf.errors import InterpolationResolutionError
 
-    return isinstance(error, CompactHydraException)
+    return isinstance(error, CompactHydraException | InterpolationResolutionError)
 
 
 # --------------------------------------------------------------------------------------------

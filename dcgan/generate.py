@@ -30,7 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 
 from dcgan.classifier import ClassifierKey, ClassifierScorer, classifies, load_classifier, reference_scorer
-from dcgan.cli import check_added_settings, instantiate_node
+from dcgan.cli import check_added_settings, check_sections, instantiate_node
 from dcgan.datasets import ImageDataModule
 from dcgan.errors import UserInputError, choice, integer, positive_number, require
 from dcgan.files import NpzWriter, atomic_dir, atomic_path, save_gif, save_png
@@ -292,7 +292,7 @@ def score(cfg: DictConfig, run: Run, checkpoint: Checkpoint) -> Path:
         dataset["root"] = cfg.data_dir
     device = resolve_device(str(cfg.device))
     model = checkpoint.model(device)
-    extractor = InceptionFeatures(settings.weights, settings.batch_size).to(device)
+    extractor = InceptionFeatures(settings.weights, settings.batch_size, section="fid").to(device)
     reference = instantiate_node(dataset, "dataset").reference(settings.reference_split)
     features, key, _ = reference_features(reference, settings.reference_samples, extractor, settings.cache_dir)
     start = time.perf_counter()
@@ -333,6 +333,7 @@ def generate(cfg: DictConfig) -> list[Path]:
     """Run ``cfg.mode``; returns the files and folders written (``fid``: the JSON file) and
     prints where they are."""
     check_added_settings(cfg)
+    check_sections(cfg, ("grid", "samples", "interpolate", "explore", "progress", "fid"))
     choice(cfg.mode, "mode", MODES)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:

@@ -40,11 +40,19 @@ log = logging.getLogger(__name__)
 FEATURE_DIM = 2048
 # Names the network behind torchmetrics' own download (torch-fidelity's release file).
 DOWNLOADED_WEIGHTS = "torch-fidelity/weights-inception-2015-12-05-6726825d"
-WEIGHTS_HELP = (
-    "set eval.weights (train.py) or fid.weights (generate.py), or the DCGAN_FID_WEIGHTS environment "
-    "variable, to a local copy of the FID Inception weights (inception-2015-12-05, torch-fidelity format, "
-    "e.g. weights-inception-2015-12-05-6726825d.pth); or turn FID off with eval.fid=false"
-)
+
+
+def weights_help(section: str) -> str:
+    """What to do about missing or wrong FID weights, in the settings of the script that asked:
+    ``eval`` (train.py, which can also train without FID) or ``fid`` (generate.py)."""
+    off = "; or train without FID: eval.fid=false" if section == "eval" else ""
+    return (
+        f"set {section}.weights=<file>, or the DCGAN_FID_WEIGHTS environment variable, to a local copy of the FID "
+        "Inception weights (inception-2015-12-05, torch-fidelity format, e.g. "
+        f"weights-inception-2015-12-05-6726825d.pth){off}"
+    )
+
+
 # The weights files FID may be computed with, by sha256: with other weights, FID is a number
 # no published table and no other run can be compared with. The release file's hash is the one
 # published by its users (its first 8 digits are the file name's, torch hub's naming rule); the
@@ -77,25 +85,26 @@ def weights_identity(weights: str | None) -> str:
     return f"sha256:{_file_digest(str(weights), stat.st_size, stat.st_mtime_ns)[:16]}"
 
 
-def load_inception(weights: str | None) -> NoTrainInceptionV3:
-    """The FID Inception network, from a local weights file or torchmetrics' download."""
+def load_inception(weights: str | None, section: str = "eval") -> NoTrainInceptionV3:
+    """The FID Inception network, from a local weights file or torchmetrics' download. Errors
+    name the settings of ``section`` (``weights_help``)."""
     if weights is None:
         try:
             return NoTrainInceptionV3("inception-v3-compat", [str(FEATURE_DIM)], None, antialias=False)
         except (URLError, OSError, RuntimeError) as e:
             raise UserInputError(
-                f"the FID Inception weights could not be downloaded ({type(e).__name__}: {e}); {WEIGHTS_HELP}"
+                f"the FID Inception weights could not be downloaded ({type(e).__name__}: {e}); {weights_help(section)}"
             ) from e
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise UserInputError(f"FID weights file {path} does not exist; {WEIGHTS_HELP}")
+        raise UserInputError(f"FID weights file {path} does not exist; {weights_help(section)}")
     stat = path.stat()
     digest = _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
     if digest not in KNOWN_WEIGHTS:
         known = " or ".join(f"{name} (sha256 {sha[:8]}...)" for sha, name in KNOWN_WEIGHTS.items())
         raise UserInputError(
             f"FID weights file {path} (sha256 {digest[:8]}...) is not the FID Inception weights: a "
-            f"different, truncated or corrupt file. Expected {known}; {WEIGHTS_HELP}"
+            f"different, truncated or corrupt file. Expected {known}; {weights_help(section)}"
         )
     # A known file: torch-fidelity's own loading (weights_only=False) runs no unknown code.
     return NoTrainInceptionV3("inception-v3-compat", [str(FEATURE_DIM)], str(path), antialias=False)
@@ -134,16 +143,16 @@ class InceptionFeatures(nn.Module):
     callers can check that cached features are not recomputed.
     """
 
-    def __init__(self, weights: str | None, batch_size: int | str) -> None:
+    def __init__(self, weights: str | None, batch_size: int | str, section: str = "eval") -> None:
         super().__init__()
         ok = batch_size == "auto" or (isinstance(batch_size, int) and batch_size >= 1)
-        require(ok, "FID batch_size", batch_size, "must be auto or an integer >= 1")
+        require(ok, f"{section}.batch_size", batch_size, "must be auto or an integer >= 1")
         if weights is not None:  # eval.weights=~/... reaches us unexpanded (not a shell assignment)
             weights = str(Path(weights).expanduser())
         # Building the network draws random initial weights before loading the real ones; fork
         # the RNG so that turning FID on does not change the training run's random numbers.
         with torch.random.fork_rng(devices=[]):
-            self.net = load_inception(weights).to(memory_format=torch.channels_last)
+            self.net = load_inception(weights, section).to(memory_format=torch.channels_last)
         self.identity = weights_identity(weights)
         self.batch_size = batch_size
         self.images_processed = 0

@@ -13,7 +13,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from dcgan.errors import UserInputError, choice, integer, require
+from dcgan.errors import choice, integer, require
 
 SUPPORTED_IMAGE_SIZES: tuple[int, ...] = (28, 64, 128)
 GeneratorStem = Literal["conv", "dense"]
@@ -23,16 +23,18 @@ GENERATOR_STEMS: tuple[str, ...] = ("conv", "dense")
 D_NORMS: tuple[str, ...] = ("batch", "spectral", "none")
 
 
+def check_image_size(image_size: object, key: str) -> None:
+    """Raise ``UserInputError`` naming ``key`` unless ``image_size`` is a supported size."""
+    sizes = ", ".join(map(str, SUPPORTED_IMAGE_SIZES))
+    require(image_size in SUPPORTED_IMAGE_SIZES, key, image_size, f"is not supported; supported sizes are {sizes}")
+
+
 def stage_layout(image_size: int) -> tuple[int, int]:
     """Return ``(start, stages)``: the start grid side and the number of 2x stages.
 
     Raises ``UserInputError`` for sizes outside ``SUPPORTED_IMAGE_SIZES``.
     """
-    if image_size not in SUPPORTED_IMAGE_SIZES:
-        raise UserInputError(
-            f"model.image_size={image_size} is not supported; "
-            f"supported sizes are {', '.join(map(str, SUPPORTED_IMAGE_SIZES))} (set by dataset.image_size)"
-        )
+    check_image_size(image_size, "model.image_size")
     start = 7 if image_size % 7 == 0 else 4
     stages = int(math.log2(image_size // start))
     assert start * 2**stages == image_size

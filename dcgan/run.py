@@ -16,7 +16,6 @@ groups (dataset, model, ...) cannot change: the checkpoint was trained with them
 from __future__ import annotations
 
 import logging
-import pickle
 import signal
 import threading
 import zipfile
@@ -84,16 +83,37 @@ _ABSENT = object()
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint written by train.py onto the CPU, tensors and plain values only
-    (``weights_only``: no pickled code runs)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, KeyError, OSError) as e:
-        raise UserInputError(
-            f"{path} is not a readable checkpoint ({_one_line(e)}); it may be truncated or not a .ckpt file"
-        ) from e
+    (``weights_only``: no pickled code runs). Any file that is not one (text, empty, truncated,
+    another zip or pickle) is a ``UserInputError`` naming it: what torch.load raises for such a
+    file depends on its first bytes (``IndexError`` for some text), so the file's format is
+    checked first and any error of the load itself is the file's."""
+    reason = _not_a_torch_archive(path)
+    if reason is None:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            reason = _one_line(e)
+    if reason is not None:
+        raise UserInputError(f"{path} is not a readable checkpoint ({reason}); it may be truncated or not a .ckpt file")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise UserInputError(f"{path} is not a DCGAN checkpoint written by train.py (no state_dict/hyper_parameters)")
     return ckpt
+
+
+def _not_a_torch_archive(path: Path) -> str | None:
+    """Why ``path`` cannot be a file of ``torch.save`` (a zip archive holding ``<name>/data.pkl``,
+    the only format Lightning writes), or None if it may be one."""
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty"
+        if not zipfile.is_zipfile(path):
+            return "not the zip archive torch.save writes"
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("/data.pkl") for name in archive.namelist()):
+                return "a zip archive without torch's data.pkl"
+    except (OSError, zipfile.BadZipFile) as e:
+        return _one_line(e)
+    return None
 
 
 def _one_line(error: BaseException) -> str:

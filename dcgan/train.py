@@ -14,12 +14,13 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan import loop
 from dcgan.callbacks import ClassifierCallback, FIDCallback
-from dcgan.cli import check_added_settings, instantiate_node
+from dcgan.cli import check_added_settings, check_sections, instantiate_node
 from dcgan.datasets import ImageDataModule
 from dcgan.errors import TrainingDiverged, TrainingInterrupted, UserInputError, require
 from dcgan.files import atomic_path
@@ -41,6 +42,16 @@ log = logging.getLogger(__name__)
 
 # Lightning 2.6 trips torch's own deprecation of LeafSpec on every run; harmless noise.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def _not_lightnings_interrupt_notice(record: logging.LogRecord) -> bool:
+    # Lightning's "Detected KeyboardInterrupt, attempting graceful shutdown" on Ctrl-C or SIGTERM:
+    # train.py says itself what stopped it, what was saved and how to continue.
+    return "Detected KeyboardInterrupt" not in record.getMessage()
+
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    logging.getLogger(_name).addFilter(_not_lightnings_interrupt_notice)
 
 
 def build_optimizer(cfg: DictConfig, key: str) -> OptimizerFactory:
@@ -137,9 +148,7 @@ def build(
             f"trainer.accelerator={cfg.trainer.accelerator}, but torch sees no CUDA GPU here "
             f"(torch {torch.__version__}); use trainer=default (GPU if any, else CPU) or trainer=cpu"
         )
-    trainer: L.Trainer = instantiate_node(
-        cfg.trainer, "trainer", callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()]
-    )
+    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
     if trainer.world_size > 1 and in_multirun() and not _processes_started_externally(trainer):
         raise UserInputError(
             f"a Hydra multirun (-m) cannot train with {trainer.world_size} processes on this machine: Lightning "
@@ -148,6 +157,45 @@ def build(
             "to SLURM (hydra/launcher=slurm), where SLURM starts the processes"
         )
     return datamodule, model, trainer
+
+
+# The DDP strategy for a GAN: each of its two updates (D's, then G's) leaves the other network's
+# weights without gradients, which plain DDP refuses at the first batch ("parameters that were
+# not used in producing the loss").
+GAN_DDP = "ddp_find_unused_parameters_true"
+
+
+def build_trainer(settings: DictConfig, **kwargs: Any) -> L.Trainer:
+    """The Lightning Trainer of ``trainer:``. When several processes train (``trainer.devices=2``,
+    ``num_nodes``) and the strategy is ``auto``, Lightning would pick plain DDP, which fails at
+    the first batch; the Trainer is built again with ``GAN_DDP``. A DDP strategy named on the
+    command line that cannot train a GAN is refused before any process starts."""
+    trainer: L.Trainer = instantiate_node(settings, "trainer", **kwargs)
+    if not isinstance(trainer.strategy, DDPStrategy):
+        return trainer
+    asked = settings.get("strategy", "auto")
+    if asked == "auto":
+        trainer = instantiate_node(settings, "trainer", strategy=GAN_DDP, **kwargs)
+        if trainer.is_global_zero:
+            log.info(
+                f"{trainer.world_size} processes: strategy {GAN_DDP} (a GAN's two updates each leave one network "
+                "without gradients, which plain DDP refuses)"
+            )
+        return trainer
+    entry = StrategyRegistry[asked] if isinstance(asked, str) and asked in StrategyRegistry else None
+    if (
+        entry is not None
+        and entry["strategy"] is DDPStrategy
+        and not entry["init_params"].get("find_unused_parameters")
+    ):
+        base = asked.removesuffix("_find_unused_parameters_false")
+        fix = GAN_DDP if base == "ddp" else f"{base}_find_unused_parameters_true"
+        raise UserInputError(
+            f"trainer.strategy={asked} cannot train a GAN: each of its two updates leaves one network without "
+            f"gradients, which this DDP strategy refuses at the first batch. Use trainer.strategy={fix}, "
+            f"or trainer.strategy=auto (several processes then get {GAN_DDP})"
+        )
+    return trainer
 
 
 def _dataset_classes(datamodule: ImageDataModule) -> int:
@@ -242,6 +290,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     error, then re-raises. ``cfg.resume`` continues that run instead (see dcgan/run.py); a
     resume that fails before training starts leaves the run's files as they were."""
     check_added_settings(cfg)
+    check_sections(cfg, ("paths", "dataset", "model", "optimizer", "speed", "eval", "callbacks", "trainer"))
     resumed: ResumedRun | None = None
     if cfg.get("resume") is not None:
         resumed = resumed_run(cfg)

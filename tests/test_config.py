@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.abc
+import os
 import runpy
 import sys
 from collections.abc import Callable
@@ -151,7 +152,7 @@ def test_default_experiment_is_mnist28(compose_cfg: Callable[..., DictConfig]) -
         ("optimizer.lr_d=0", "optimizer.discriminator.lr=0 must be > 0"),
         (
             "dataset.image_size=32",
-            r"model.image_size=32 is not supported; supported sizes are 28, 64, 128 \(set by dataset.image_size\)",
+            "dataset.image_size=32 is not supported; supported sizes are 28, 64, 128$",
         ),
         ("model.nonfinite_loss=ignore", "model.nonfinite_loss='ignore' is not known; choose one of stop, skip"),
         ("model.d_norm=layer", "model.d_norm='layer' is not known; choose one of batch, spectral, none"),
@@ -166,11 +167,28 @@ def test_default_experiment_is_mnist28(compose_cfg: Callable[..., DictConfig]) -
         ("trainer.max_epochs=0", "trainer.max_epochs=0 must be an integer >= 1: the number of epochs to train"),
         ("trainer.max_epochs=-1", "trainer.max_epochs=-1 must be an integer >= 1"),
         ("model.fc_width=-8", "model.fc_width=-8 must be an integer >= 0"),
+        (
+            "trainer.devices=2 trainer.strategy=ddp",
+            "trainer.strategy=ddp cannot train a GAN: .* Use trainer.strategy=ddp_find_unused_parameters_true",
+        ),
+        ("trainer.devices=2 trainer.strategy=ddp_spawn", "Use trainer.strategy=ddp_spawn_find_unused_parameters_true"),
     ],
 )
 def test_bad_values_fail_before_any_work(compose_cfg: Callable[..., DictConfig], override: str, message: str) -> None:
     with pytest.raises(UserInputError, match=message):
         build(compose_cfg(*override.split()))
+
+
+def test_several_devices_get_the_ddp_strategy_a_gan_needs(compose_cfg: Callable[..., DictConfig]) -> None:
+    """trainer.devices=2 on the default strategy (auto): Lightning alone would pick plain DDP,
+    whose first batch fails on the parameters one of the GAN's two updates leaves unused."""
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+    _, _, trainer = build(compose_cfg("experiment=smoke", "trainer.devices=2"))
+    assert isinstance(trainer.strategy, DDPStrategy) and trainer.world_size == 2
+    assert trainer.strategy._ddp_kwargs == {"find_unused_parameters": True}
+    _, _, trainer = build(compose_cfg("experiment=smoke"))
+    assert isinstance(trainer.strategy, SingleDeviceStrategy)
 
 
 def test_train_with_the_same_seed_gives_the_same_losses(compose_cfg: Callable[..., DictConfig]) -> None:
@@ -229,23 +247,75 @@ def test_ctrl_c_while_an_entry_script_imports_ends_in_one_line(
     assert capsys.readouterr().err == "interrupted: Ctrl-C before training began; nothing to save\n"
 
 
-def test_entry_point_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+def test_entry_point_exit_codes(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A config error becomes one line and exit 2 (Hydra raises it: entry_point sets
+    HYDRA_FULL_ERROR meanwhile); a bug keeps its traceback; a run's own exit code passes."""
     from hydra.errors import MissingConfigException
 
-    def hydra_exit(error: Exception) -> None:  # what Hydra's run_and_report does with an error
-        try:
-            raise error
-        except Exception:
-            sys.exit(1)
-
-    for error, code in ((MissingConfigException("Could not find 'dataset/cifar10'"), 2), (RuntimeError("bug"), 1)):
-        with pytest.raises(SystemExit) as info, entry_point():
-            hydra_exit(error)
-        assert info.value.code == code
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    missing = MissingConfigException("Could not find 'dataset/cifar10'", "dataset/cifar10", ["mnist", "folder"])
     with pytest.raises(SystemExit) as info, entry_point():
-        sys.exit(143)  # a run's own exit code passes through
+        assert os.environ["HYDRA_FULL_ERROR"] == "1"
+        raise missing
+    assert info.value.code == 2 and "HYDRA_FULL_ERROR" not in os.environ
+    assert (
+        capsys.readouterr().err == "error: dataset=cifar10 is not an option of dataset; choose one of mnist, folder\n"
+    )
+    with pytest.raises(RuntimeError, match="bug"), entry_point():
+        raise RuntimeError("bug")
+    with pytest.raises(SystemExit) as info, entry_point():
+        sys.exit(143)
     assert info.value.code == 143
-    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the user's: Hydra's own report, whole
+    with pytest.raises(MissingConfigException), entry_point():
+        raise missing
+    assert os.environ["HYDRA_FULL_ERROR"] == "1" and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("script", "override", "message"),
+    [
+        # a mistyped key: the nearest settings, and no advice to add it with +
+        (
+            "train.py",
+            "eval.num_sample=500",
+            "eval.num_sample is not a setting (did you mean eval.num_samples?); `python train.py --cfg job` lists them",
+        ),
+        ("train.py", "evl.num_samples=5", "evl.num_samples is not a setting (did you mean eval.num_samples?)"),
+        ("train.py", "model.ema.decay=0.9", "model.ema.decay is not a setting (did you mean model.ema_decay?)"),
+        ("train.py", "trainer.devicess=2", "trainer.devicess is not a setting (did you mean trainer.devices?)"),
+        ("generate.py", "fid.num_sample=5", "fid.num_sample is not a setting (did you mean fid.num_samples?)"),
+        # a constructor's argument that the config does not list: add it with +
+        (
+            "train.py",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_progress_bar is not in the config, but "
+            "lightning.Trainer takes enable_progress_bar: add it with +trainer.enable_progress_bar=false",
+        ),
+        (
+            "train.py",
+            "experiment=mnist29",
+            "experiment=mnist29 is not an option of experiment; choose one of fashion128, fashion28,",
+        ),
+        (
+            "train.py",
+            "eval.fid=[",
+            "cannot read 'eval.fid=[': no viable alternative at input '['; settings are key=value",
+        ),
+    ],
+)
+def test_a_config_hydra_cannot_compose_gets_one_line(
+    script: str, override: str, message: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", [script, override])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(REPO / script), run_name="__main__")
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    if "not a setting" in message:
+        assert "+" not in err  # no advice to add a key that nothing takes
 
 
 @pytest.mark.parametrize(
@@ -254,6 +324,8 @@ def test_entry_point_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
         ("+foo=bar", True),
         ("+eval.num_sample=500", True),  # a typo of eval.num_samples
         ("+model.ema.decay=0.9", True),  # under a node that does not exist
+        ("+model.g_widht=64", True),  # a constructor's node, but not an argument it takes
+        ("+trainer.devicess=2", True),
         ("+trainer.enable_progress_bar=false", False),  # a Lightning Trainer argument
         ("+callbacks.extra._target_=lightning.pytorch.callbacks.Timer", False),  # a callback of one's own
         ("eval.num_samples=500", False),
@@ -273,5 +345,34 @@ def test_plus_adds_only_constructor_arguments(override: str, refused: bool, monk
         check_added_settings(cfg)
         return
     key = override[1:].split("=")[0]
-    with pytest.raises(UserInputError, match=rf"^\{override}: {key} is not a setting \(mistyped\?\)"):
+    with pytest.raises(UserInputError, match=rf"^\{override}: {key} is not a setting \((mistyped|did you mean)"):
         check_added_settings(cfg)
+
+
+def test_a_section_replaced_by_a_value_is_refused(compose_cfg: Callable[..., DictConfig]) -> None:
+    """model=dcgan (a config group in other templates) replaces the whole section with a word."""
+    from dcgan.train import train
+
+    with pytest.raises(UserInputError, match="^model=dcgan: model is a section of settings, not one setting or a"):
+        train(compose_cfg("model=dcgan"))
+
+
+def test_the_readme_results_commands_train_what_their_rows_report() -> None:
+    """Each command of the README's results table, run as written, trains the epochs its row
+    gives and keeps the checkpoint whose FID the row reports, which `generate.py mode=fid
+    checkpoint=<run dir>` then scores: best.ckpt with in-training FID, else last.ckpt."""
+    from hydra import compose, initialize_config_dir
+
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in (REPO / "README.md").read_text().splitlines()
+        if line.startswith("| ") and ("`make train`" in line or "`python train.py" in line)
+    ]
+    assert len(rows) >= 7
+    for _, command, epochs, _, fid, *_ in rows:
+        command = command.strip("`")
+        overrides = [] if command == "make train" else command.removeprefix("python train.py ").split()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("train", overrides=overrides)
+        assert cfg.trainer.max_epochs == int(epochs), command
+        assert ("(best.ckpt)" in fid, "(last.ckpt)" in fid) == (cfg.eval.fid, not cfg.eval.fid), command

@@ -6,11 +6,14 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -20,9 +23,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan import loop
-from dcgan.errors import OutputError, TrainingDiverged
+from dcgan.errors import OutputError, TrainingDiverged, UserInputError
 from dcgan.files import atomic_path, save_png
-from dcgan.run import AtomicCheckpointIO, remove_stale_temporaries
+from dcgan.run import AtomicCheckpointIO, checkpoint_to_train_from, read_checkpoint, remove_stale_temporaries
 from tests.helpers import REPO, check, cpu_only, nan_loss_at, record_builds, run_script
 
 
@@ -125,6 +128,7 @@ def test_a_signal_mid_epoch_then_kill_9_then_resume_match_an_uninterrupted_run(
     if name == "SIGINT":
         assert "Ctrl-C: stopping after this batch and saving a checkpoint" in result.output
     assert "Traceback" not in result.output
+    assert "Detected KeyboardInterrupt" not in result.output  # Lightning's, beside ours
     ckpt = torch.load(interrupted, weights_only=True)
     assert loop.data_position(ckpt) == (1, 3)
     assert ckpt["global_step"] == 2 * (8 + 3)  # one D and one G step per finished batch, no more
@@ -461,3 +465,41 @@ def test_a_refused_resume_changes_nothing_and_an_accepted_one_saves_its_settings
     # Kept by the next resume; giving a setting the run already has adds nothing.
     assert "has already trained 3 epochs; set trainer.max_epochs above 3" in refused("trainer.max_epochs=3")
     assert list(OmegaConf.load(overrides)) == ["experiment=smoke", "trainer.max_epochs=3", "eval.fid=false"]
+
+
+def _not_checkpoints(folder: Path) -> dict[str, Path]:
+    """Files a user may pass as a checkpoint that are not one, by what they hold."""
+    torch.save({"state_dict": {"w": torch.zeros(1000)}, "hyper_parameters": {}}, folder / "whole.ckpt")
+    whole = (folder / "whole.ckpt").read_bytes()
+    contents: dict[str, bytes] = {
+        "text": b"this is not a checkpoint\n",  # torch.load: IndexError: pop from empty list
+        "other text": b"not a checkpoint\n",  # torch.load: UnpicklingError
+        "one word": b"hello",  # torch.load: KeyError: 101
+        "empty": b"",
+        "random bytes": bytes(range(256)) * 8,
+        "truncated": whole[: len(whole) // 2],
+        "a pickle of a dict": pickle.dumps({"state_dict": {}, "hyper_parameters": {}}),
+    }
+    files = {}
+    for name, data in contents.items():
+        files[name] = folder / f"{name.replace(' ', '_')}.ckpt"
+        files[name].write_bytes(data)
+    files["a zip that is not torch's"] = folder / "other.zip"
+    with zipfile.ZipFile(files["a zip that is not torch's"], "w") as archive:
+        archive.writestr("notes.txt", "hello")
+    files["a torch archive with a broken pickle"] = folder / "broken.ckpt"
+    with zipfile.ZipFile(files["a torch archive with a broken pickle"], "w") as archive:
+        archive.writestr("broken/data.pkl", "garbage")
+    return files
+
+
+def test_every_file_that_is_not_a_checkpoint_gets_the_clear_message(tmp_path: Path) -> None:
+    """Whatever a file holds, reading it as a checkpoint (ckpt_path=, resume=, generate.py's
+    checkpoint=: all through read_checkpoint) ends in the one message that names it."""
+    for name, path in _not_checkpoints(tmp_path).items():
+        with pytest.raises(UserInputError, match=rf"^{re.escape(str(path))} is not a readable checkpoint \(") as info:
+            checkpoint_to_train_from(path)
+        assert "\n" not in str(info.value), name
+    torch.save([1, 2, 3], tmp_path / "list.ckpt")  # readable, but not ours
+    with pytest.raises(UserInputError, match="list.ckpt is not a DCGAN checkpoint written by train.py"):
+        read_checkpoint(tmp_path / "list.ckpt")

@@ -218,8 +218,13 @@ def test_a_missing_reference_split_is_downloaded_or_the_error_says_why(
 
 
 def test_missing_weights_file(tmp_path: Path) -> None:
-    with pytest.raises(UserInputError, match=r"FID weights file .*nope.pth does not exist; set eval.weights"):
+    with pytest.raises(UserInputError, match=r"FID weights file .*nope.pth does not exist; set eval.weights") as info:
         InceptionFeatures(str(tmp_path / "nope.pth"), "auto")
+    assert str(info.value).endswith("; or train without FID: eval.fid=false")
+    # generate.py's settings are fid.*, and it has no FID to turn off
+    with pytest.raises(UserInputError, match=r"does not exist; set fid.weights=<file>, or the DCGAN_FID") as info:
+        InceptionFeatures(str(tmp_path / "nope.pth"), "auto", section="fid")
+    assert "eval." not in str(info.value)
 
 
 def test_weights_other_than_the_fid_networks_are_refused(tmp_path: Path, fid_weights: Path) -> None:

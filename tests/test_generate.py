@@ -425,3 +425,10 @@ def test_generate_refuses_bad_settings(tmp_path: Path) -> None:
         generate(compose_generate("mode=video", f"checkpoint={tmp_path}"))
     with pytest.raises(UserInputError, match="^required setting.s. not given: checkpoint"):
         generate(compose_generate())
+
+
+@pytest.mark.slow
+def test_fid_without_weights_names_generates_own_setting(smoke_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match=r"nope.pth does not exist; set fid.weights=<file>") as info:
+        generate(compose_generate("mode=fid", f"checkpoint={smoke_run}", f"fid.weights={tmp_path / 'nope.pth'}"))
+    assert "eval." not in str(info.value)  # train.py's settings

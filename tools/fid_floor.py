@@ -19,7 +19,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from dcgan.cli import exit_with, instantiate_node
-from dcgan.errors import ReportedError
+from dcgan.errors import ReportedError, entry_point
 from dcgan.metrics import InceptionFeatures, frechet_distance, precision_recall, reference_features
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -50,10 +50,15 @@ def floor(overrides: list[str]) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        print(json.dumps(floor(sys.argv[1:] if argv is None else argv)))
-    except ReportedError as e:
-        exit_with(e)
+    overrides = sys.argv[1:] if argv is None else argv
+    if {"-h", "--help"} & set(overrides):
+        print(__doc__.strip())
+        return 0
+    with entry_point():  # a config Hydra cannot compose: one line, exit 2
+        try:
+            print(json.dumps(floor(overrides)))
+        except ReportedError as e:
+            exit_with(e)
     return 0
 
 

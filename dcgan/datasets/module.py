@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from dcgan import loop
 from dcgan.errors import UserInputError, integer, require
 from dcgan.images import to_unit_range
+from dcgan.networks import check_image_size
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         seed: int | None,
     ) -> None:
         super().__init__()
+        check_image_size(image_size, "dataset.image_size")  # the networks follow it
         require(channels in (1, 3), "dataset.channels", channels, "must be 1 (grayscale) or 3 (RGB)")
         integer(batch_size, "dataset.batch_size")
         for key, value in (("in_memory", in_memory), ("on_device", on_device)):
