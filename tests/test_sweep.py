@@ -13,9 +13,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from dcgan.errors import UserInputError
-from tests.helpers import CONF, check, run_script
+from tests.helpers import CONF, REPO, check, run_script
+from tools.sweep import COLUMNS, summarize
 from tools.sweep import main as summary_main
-from tools.sweep import summarize
 
 
 @pytest.mark.slow
@@ -187,3 +187,14 @@ def test_a_trial_left_running_by_a_stopped_driver_is_not_counted(tmp_path: Path)
     study.ask()  # the trial a killed driver was running: it never ends
     trials = stored_trials(storage, "s")
     assert len(trials) == 4 and finished(trials) == 3
+
+
+def test_the_docs_show_the_columns_the_summary_prints() -> None:
+    headers = [
+        line
+        for doc in [REPO / "README.md", *(REPO / "docs").glob("*.md")]
+        for line in doc.read_text().splitlines()
+        if line.startswith("| job | status |")
+    ]
+    assert headers, "no sweep table in the docs"
+    assert all(line == "| " + " | ".join(COLUMNS) + " |" for line in headers), headers
