@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,12 +23,13 @@ from dcgan import loop
 from dcgan.classifier import ClassifierKey, ClassifierScorer, classifies, load_classifier, reference_scorer
 from dcgan.datasets import SPLITS, ImageDataModule
 from dcgan.errors import choice, integer, require
-from dcgan.files import save_png
+from dcgan.files import atomic_path, save_png
 from dcgan.images import grid, to_uint8
 from dcgan.metrics import (
     FIDScorer,
     InceptionFeatures,
     ReferenceKey,
+    min_samples,
     reference_features,
     shard,
 )
@@ -52,21 +55,27 @@ class LastCheckpoint(Checkpoint):
     Lightning's ``ModelCheckpoint(save_top_k=0, save_last=True)`` writes ``last.ckpt`` only
     when training ends, so a run killed at epoch 19 of 20 would have lost all of it. As a
     ``Checkpoint``, Lightning runs this after the other callbacks: the epoch's FID and best
-    FID are in the file.
+    FID are in the file. After the epochs in ``keep_epochs`` the file is also kept as
+    ``epoch_<n>.ckpt`` (e.g. to score the run's FID along the way: tools/time_to_fid.py).
     """
 
-    def __init__(self, dirpath: str | Path, every_n_epochs: int) -> None:
+    def __init__(self, dirpath: str | Path, every_n_epochs: int, keep_epochs: Sequence[int] = ()) -> None:
         self.path = Path(dirpath) / "last.ckpt"
         self.every_n_epochs = integer(every_n_epochs, "callbacks.checkpoint.every_n_epochs")
+        self.keep_epochs = {integer(e, "callbacks.checkpoint.keep_epochs[]") for e in keep_epochs}
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if _due(trainer, self.every_n_epochs):
+        epoch = trainer.current_epoch + 1
+        if _due(trainer, self.every_n_epochs) or epoch in self.keep_epochs:
             # Under DDP, Lightning syncs the epoch's sync_dist metrics when they are first
             # read, and rank 0's progress bar has read them already: reading them here makes
             # the other ranks sync too, before the save's barrier, so the ranks' collective
             # calls pair up (ModelCheckpoint does the same).
             _ = trainer.callback_metrics
             trainer.save_checkpoint(self.path, weights_only=False)  # every rank calls it; rank 0 writes
+            if epoch in self.keep_epochs and trainer.is_global_zero:
+                with atomic_path(self.path.with_name(f"epoch_{epoch:04d}.ckpt")) as tmp:
+                    shutil.copyfile(self.path, tmp)
 
 
 class SampleGrid(L.Callback):
@@ -160,13 +169,14 @@ class FIDCallback(L.Callback):
         final_split: str | None,
         final_num_samples: int,
     ) -> None:
-        ok = num_samples == "auto" or (isinstance(num_samples, int) and num_samples >= 2)
-        require(ok, "eval.num_samples", num_samples, "must be auto or an integer >= 2")
+        least, why = min_samples(precision_recall, "eval")
+        ok = num_samples == "auto" or (isinstance(num_samples, int) and num_samples >= least)
+        require(ok, "eval.num_samples", num_samples, f"must be auto or an integer >= {least}{why}")
         choice(reference_split, "eval.reference_split", SPLITS)
         if final_split is not None:
             choice(final_split, "eval.final_split", SPLITS)
         self.final_split = final_split
-        self.final_num_samples = integer(final_num_samples, "eval.final_num_samples", 2)
+        self.final_num_samples = integer(final_num_samples, "eval.final_num_samples", least)
         self.final_fid: float | None = None
         self.checkpoint_dir = Path(checkpoint_dir)
         self.metrics_file = Path(metrics_file)

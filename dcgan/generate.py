@@ -35,7 +35,7 @@ from dcgan.datasets import ImageDataModule
 from dcgan.errors import UserInputError, choice, integer, positive_number, require
 from dcgan.files import NpzWriter, atomic_dir, atomic_path, save_gif, save_png
 from dcgan.images import grid, to_pil
-from dcgan.metrics import FIDScorer, InceptionFeatures, reference_features
+from dcgan.metrics import FIDScorer, InceptionFeatures, min_samples, reference_features
 from dcgan.module import DCGAN
 from dcgan.run import Checkpoint, Run
 from dcgan.sampling import (
@@ -282,7 +282,10 @@ def score(cfg: DictConfig, run: Run, checkpoint: Checkpoint) -> Path:
     reference split of the dataset it was trained on; prints the record as one JSON line and
     writes it to ``fid.out`` (default ``<run dir>/eval/fid-<checkpoint>-n<N>-<split>.json``)."""
     settings = cfg.fid
-    num_samples = integer(settings.num_samples, "fid.num_samples", 2)
+    with_prc = _flag(settings.precision_recall, "fid.precision_recall")
+    num_samples, (least, why) = settings.num_samples, min_samples(with_prc, "fid")
+    ok = isinstance(num_samples, int) and not isinstance(num_samples, bool) and num_samples >= least
+    require(ok, "fid.num_samples", num_samples, f"must be an integer >= {least}{why}")
     if cfg.get("class") is not None:
         raise UserInputError("mode=fid scores all classes in the training set's proportions; leave out class=")
     dataset = dict(checkpoint.data.get("datamodule_hyper_parameters") or {})
@@ -296,7 +299,7 @@ def score(cfg: DictConfig, run: Run, checkpoint: Checkpoint) -> Path:
     reference = instantiate_node(dataset, "dataset").reference(settings.reference_split)
     features, key, _ = reference_features(reference, settings.reference_samples, extractor, settings.cache_dir)
     start = time.perf_counter()
-    prc_real = features if _flag(settings.precision_recall, "fid.precision_recall") else None
+    prc_real = features if with_prc else None
     scorer = FIDScorer(extractor, features, len(features), num_samples, kid=settings.kid, prc_real=prc_real)
     ema = _flag(cfg.ema, "ema")
     draw = lambda z, y=None: model.generate(z, y, ema=ema)  # noqa: E731

@@ -270,7 +270,20 @@ def reference_features(
 # scoring
 
 
-def precision_recall(fake: Tensor, real: Tensor, k: int = 3) -> dict[str, float]:
+# Precision and recall's neighbours (k = 3, as the paper): each side needs more images than that.
+PRC_NEIGHBOURS = 3
+
+
+def min_samples(precision_recall: bool, section: str) -> tuple[int, str]:
+    """The fewest images a FID evaluation may take (2 for FID's covariance, k + 1 with precision
+    and recall), and why, in the settings of ``section`` (``eval``, ``fid``)."""
+    if not precision_recall:
+        return 2, ""
+    why = f" (precision and recall take {PRC_NEIGHBOURS} neighbours; {section}.precision_recall=false allows 2)"
+    return PRC_NEIGHBOURS + 1, why
+
+
+def precision_recall(fake: Tensor, real: Tensor, k: int = PRC_NEIGHBOURS) -> dict[str, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) of generated features ``fake``
     against ``real``, with k-nearest-neighbour balls (k = 3, as the paper), by torch-fidelity:
     precision, the share of generated samples inside some real sample's ball (are they

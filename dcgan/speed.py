@@ -1,7 +1,8 @@
 """How the networks run, not what they compute: memory layout, optimizer kernels, torch.compile.
 
 Mixed precision and cuDNN autotuning are Lightning's own Trainer switches
-(``trainer.precision=bf16-mixed``, ``trainer.benchmark``); these are the rest. Every switch
+(``trainer.precision``, ``trainer.benchmark``): ``auto_precision`` chooses the precision by
+hardware for ``trainer.precision=auto``; the ``Speed`` switches are the rest. Every switch
 changes results by float rounding only: a run resumed with other settings goes on training.
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import platform
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -93,6 +96,49 @@ def accepts_fused(factory: Any) -> bool:
         return "fused" in inspect.signature(factory).parameters
     except (TypeError, ValueError):
         return False
+
+
+def auto_precision(accelerator: str) -> tuple[str, str]:
+    """``trainer.precision=auto``: ``(Lightning precision, why)`` for the ``trainer.accelerator``
+    given. bfloat16 autocast (``bf16-mixed``) where the device computes in bfloat16 natively: a
+    CUDA GPU that has it (Ampere and later), or a CPU with AVX512-BF16 or AMX instructions
+    (1.45x float32's images/s at 28 px on a 2-core AMD EPYC with avx512_bf16, the same FID:
+    docs/performance.md); float32 elsewhere, where bfloat16 would be emulated and slower. The
+    choice depends on the machine only, so a seed gives the same numbers on the same machine."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        name = torch.cuda.get_device_name()
+        if torch.cuda.get_device_capability() >= (8, 0):  # Ampere on: bfloat16 tensor cores
+            return "bf16-mixed", f"the GPU ({name}) computes in bfloat16"
+        return "32-true", f"the GPU ({name}) has no native bfloat16"
+    if accelerator not in ("cpu", "auto"):
+        return "32-true", f"bfloat16 is not chosen by itself on trainer.accelerator={accelerator}"
+    found = cpu_bfloat16()
+    if found:
+        return "bf16-mixed", f"this CPU has {' and '.join(found)} instructions: bfloat16 runs natively"
+    return "32-true", "this CPU has neither AVX512-BF16 nor AMX instructions: bfloat16 would be slower than float32"
+
+
+def cpu_bfloat16() -> list[str]:
+    """The instruction sets of this CPU that compute in bfloat16 (AVX512-BF16, AMX), as torch's
+    own kernels see them."""
+    sets = (("AVX512-BF16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported"))
+    return [name for name, has in sets if getattr(torch.cpu, has, lambda: False)()]
+
+
+def device_name(device: torch.device) -> str:
+    """The hardware a figure was measured on: the GPU's name, or ``cpu: <model name>``."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {cpu_name()}"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``lscpu``'s), for figures that must name their hardware."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 # How the networks run with no speed switch: float32 NCHW, torch's default optimizer kernels,

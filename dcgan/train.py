@@ -37,6 +37,7 @@ from dcgan.run import (
     remove_stale_temporaries,
     resumed_run,
 )
+from dcgan.speed import auto_precision, device_name
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,11 @@ def build(
             f"trainer.accelerator={cfg.trainer.accelerator}, but torch sees no CUDA GPU here "
             f"(torch {torch.__version__}); use trainer=default (GPU if any, else CPU) or trainer=cpu"
         )
+    if cfg.trainer.get("precision") == "auto":
+        # Resolved into the config, so the loggers' hparams and metrics.json say which it was.
+        precision, why = auto_precision(str(cfg.trainer.get("accelerator", "auto")))
+        log.info(f"trainer.precision=auto: {precision}, as {why} (trainer.precision=32-true or bf16-mixed forces one)")
+        cfg.trainer.precision = precision
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
     if trainer.world_size > 1 and in_multirun() and not _processes_started_externally(trainer):
         raise UserInputError(
@@ -399,6 +405,9 @@ def _train(cfg: DictConfig, output_dir: Path, resumed: ResumedRun | None) -> dic
         # best.ckpt's FID on the split it was not chosen by (eval.final_split), at eval.final_num_samples
         "fid_final": getattr(fid, "final_fid", None),
         "metrics": metrics,
+        "device": device_name(trainer.strategy.root_device),  # what train_s figures were measured on
+        "threads": torch.get_num_threads(),
+        "precision": str(trainer.precision),  # trainer.precision=auto's choice
         "optimized_metric": cfg.get("optimized_metric"),
     }
     value = metrics.get(cfg.get("optimized_metric") or "")

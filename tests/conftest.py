@@ -77,10 +77,14 @@ def data_dir() -> Path:
 @pytest.fixture
 def compose_cfg(tmp_path: Path, data_dir: Path) -> Callable[..., DictConfig]:
     """Compose conf/train.yaml with overrides, as train.py would, writing into tmp_path. On the
-    CPU (trainer=cpu) unless the overrides choose a trainer: the default one would take a GPU."""
+    CPU (trainer=cpu) unless the overrides choose a trainer: the default one would take a GPU;
+    in float32 unless they choose a precision: trainer.precision=auto takes bfloat16 on some
+    CPUs, and tests that compare weights across settings mean float32's rounding."""
 
     def _compose(*overrides: str, run: str = "run") -> DictConfig:
         cpu = [] if any(o.startswith("trainer=") for o in overrides) else ["trainer=cpu"]
+        if not any(o.startswith("trainer.precision=") for o in overrides):
+            cpu.append("trainer.precision=32-true")
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             return compose(
                 "train",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dcgan.speed import auto_precision
 from tests.helpers import REPO, cpu_only
 
 ENVIRONMENT_KEYS = {
@@ -46,7 +47,8 @@ def test_bench_records(tmp_path: Path, data_dir: Path, fid_weights: Path) -> Non
     assert (train["bench"], data["bench"], fid["bench"]) == ("train", "data", "fid")
     for record in records:
         assert record.keys() >= ENVIRONMENT_KEYS and record["size"] == 28 and record["batch_size"] == 128
-        assert record["device"].startswith("cpu") and record["precision"] == "32-true" and record["compile"] is False
+        assert record["device"].startswith("cpu") and record["compile"] is False
+        assert record["precision"] == auto_precision("cpu")[0]  # the default, auto, as resolved here
         assert record["channels_last"] is True and record["fused_optimizer"] is False  # the defaults on a CPU
     assert (train["g_width"], train["rounds"], len(train["project_rounds"]), len(train["plain_rounds"])) == (8, 2, 2, 2)
     assert train["project_images_per_s"] > 0 and train["plain_images_per_s"] > 0

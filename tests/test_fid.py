@@ -347,3 +347,20 @@ def test_the_real_data_floor_command(extractor: InceptionFeatures, mnist_test: t
     pr = precision_recall(torch.from_numpy(a).float(), torch.from_numpy(b).float())
     assert record["precision"] == pytest.approx(pr["precision"]) and record["recall"] == pytest.approx(pr["recall"])
     assert min(pr.values()) > 0.7, pr
+
+
+def test_the_floor_command_answers_help_and_bad_overrides_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tools.fid_floor import main
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    assert main(["--help"]) == 0
+    assert capsys.readouterr().out.startswith("``python tools/fid_floor.py [dataset=mnist] [num_samples=10000]")
+    with pytest.raises(SystemExit) as info:
+        main(["dataset=["])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: cannot read 'dataset=[': no viable alternative at input '['; settings are key=value, e.g. "
+        "trainer.max_epochs=40 (https://hydra.cc/docs/1.2/advanced/override_grammar/basic)\n"
+    )

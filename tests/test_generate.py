@@ -432,3 +432,13 @@ def test_fid_without_weights_names_generates_own_setting(smoke_run: Path, tmp_pa
     with pytest.raises(UserInputError, match=r"nope.pth does not exist; set fid.weights=<file>") as info:
         generate(compose_generate("mode=fid", f"checkpoint={smoke_run}", f"fid.weights={tmp_path / 'nope.pth'}"))
     assert "eval." not in str(info.value)  # train.py's settings
+
+
+@pytest.mark.slow
+def test_fid_of_fewer_images_than_precision_and_recall_need(smoke_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match=r"^fid.num_samples=2 must be an integer >= 4 \(precision and recall"):
+        generate(compose_generate("mode=fid", f"checkpoint={smoke_run}", "fid.num_samples=2"))
+    out = tmp_path / "fid.json"
+    overrides = ("fid.num_samples=2", "fid.precision_recall=false", "fid.reference_samples=64", f"fid.out={out}")
+    generate(compose_generate("mode=fid", f"checkpoint={smoke_run}", *overrides))
+    assert json.loads(out.read_text())["num_samples"] == 2

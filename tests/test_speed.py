@@ -129,3 +129,43 @@ def test_step_metrics_are_logged_only_when_written_and_at_epoch_ends(
     metrics = trainer.callback_metrics
     assert set(metrics) >= {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"}
     assert 0 < float(metrics["train/d_real"]) < 1 and float(metrics["train/d_loss"]) > 0
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "expected"),
+    [(True, False, "bf16-mixed"), (False, True, "bf16-mixed"), (False, False, "32-true")],
+)
+def test_auto_precision_takes_bfloat16_where_the_cpu_has_it(
+    compose_cfg: Callable[..., DictConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    avx512_bf16: bool,
+    amx: bool,
+    expected: str,
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cfg = compose_cfg("experiment=smoke", *QUIET, "trainer.precision=auto")
+    with caplog.at_level("INFO", logger="dcgan.train"):
+        _, _, trainer = build(cfg)
+    assert str(trainer.precision) == expected and cfg.trainer.precision == expected  # hparams log the choice
+    [line] = [r.getMessage() for r in caplog.records if "trainer.precision=auto" in r.getMessage()]
+    reason = "bfloat16 runs natively" if expected == "bf16-mixed" else "neither AVX512-BF16 nor AMX"
+    assert line.startswith(f"trainer.precision=auto: {expected}, as this CPU has") and reason in line
+    # a precision given is taken as it is, whatever the hardware
+    for forced in ("32-true", "bf16-mixed"):
+        _, _, trainer = build(compose_cfg("experiment=smoke", *QUIET, f"trainer.precision={forced}"))
+        assert str(trainer.precision) == forced
+
+
+def test_auto_precision_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dcgan.speed import auto_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "GPU X")
+    for capability, expected in (((8, 0), "bf16-mixed"), ((7, 5), "32-true")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args, c=capability: c)
+        assert auto_precision("auto")[0] == expected and auto_precision("gpu")[0] == expected
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert auto_precision("cpu")[0] == "32-true"  # trainer=cpu asks the CPU, not the GPU

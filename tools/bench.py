@@ -29,7 +29,6 @@ import copy
 import json
 import logging
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -56,7 +55,7 @@ from dcgan.losses import discriminator_loss, generator_loss, gradient_penalty, r
 from dcgan.metrics import FEATURE_DIM, FIDScorer, InceptionFeatures, load_inception, precision_recall
 from dcgan.module import DCGAN, EMA
 from dcgan.sampling import latents
-from dcgan.speed import PLAIN, Speed
+from dcgan.speed import PLAIN, Speed, device_name
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = {28: "mnist28", 64: "fashion64", 128: "fashion128"}
@@ -87,7 +86,7 @@ def compose_experiment(size: int, output_dir: Path, *overrides: str) -> DictConf
 def environment(device: torch.device, model: DCGAN, trainer: L.Trainer) -> dict[str, Any]:
     speed = model.speed
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {cpu_name()}",
+        "device": device_name(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "precision": str(trainer.precision),
@@ -109,16 +108,6 @@ def autocast_dtype(trainer: L.Trainer) -> torch.dtype | None:
             f"the benchmark's plain loop mirrors trainer.precision {' or '.join(AUTOCAST)}, not {precision}"
         )
     return AUTOCAST[precision]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
