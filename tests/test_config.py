@@ -37,7 +37,7 @@ def test_groups_hold_the_documented_options() -> None:
     assert options("logger") == ["csv", "tensorboard"]
     assert options("experiment") == [
         "fashion128", "fashion28", "fashion28_cond", "fashion28_fc", "fashion64", "folder64", "mnist28", "mnist28_best",
-        "mnist28_cond", "mnist28_fc", "smoke", "sweep_mnist28",
+        "mnist28_cond", "mnist28_fast", "mnist28_fc", "smoke", "sweep_mnist28",
     ]  # fmt: skip
     assert options("hparams_search") == ["optuna_fid"]
 
@@ -168,6 +168,10 @@ def test_default_experiment_is_mnist28(compose_cfg: Callable[..., DictConfig]) -
         ("trainer.max_epochs=-1", "trainer.max_epochs=-1 must be an integer >= 1"),
         ("model.fc_width=-8", "model.fc_width=-8 must be an integer >= 0"),
         (
+            "eval.num_samples=3",
+            r"eval.num_samples=3 must be auto or an integer >= 4 \(precision and recall take 3 neighbours",
+        ),
+        (
             "trainer.devices=2 trainer.strategy=ddp",
             "trainer.strategy=ddp cannot train a GAN: .* Use trainer.strategy=ddp_find_unused_parameters_true",
         ),
@@ -191,7 +195,8 @@ def test_several_devices_get_the_ddp_strategy_a_gan_needs(compose_cfg: Callable[
     assert isinstance(trainer.strategy, SingleDeviceStrategy)
 
 
-def test_train_with_the_same_seed_gives_the_same_losses(compose_cfg: Callable[..., DictConfig]) -> None:
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])  # what trainer.precision=auto picks from
+def test_train_with_the_same_seed_gives_the_same_losses(compose_cfg: Callable[..., DictConfig], precision: str) -> None:
     from dcgan.train import train
 
     def losses(seed: int, run: str) -> dict[str, float]:
@@ -201,6 +206,7 @@ def test_train_with_the_same_seed_gives_the_same_losses(compose_cfg: Callable[..
                 "logger=csv",
                 f"seed={seed}",
                 "eval.fid=false",
+                f"trainer.precision={precision}",
                 "+trainer.enable_progress_bar=false",
                 run=run,
             )
