@@ -41,7 +41,7 @@ from omegaconf import OmegaConf
 from dcgan.cli import exit_with
 from dcgan.errors import ReportedError, UserInputError
 from dcgan.files import atomic_path
-from dcgan.generate import generate, read_scalars
+from dcgan.generate import generate, read_class_records, read_fid_records, read_scalars
 from dcgan.speed import device_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,8 +75,8 @@ def epoch_records(run_dir: Path) -> list[dict[str, Any]]:
     # By the step at the epoch's end: an epoch logged again after a resume counts once.
     epoch_s = dict(zip(*(a.tolist() for a in scalars["time/epoch_s"]), strict=True))
     rates = dict(zip(*(a.tolist() for a in scalars["time/images_per_s"]), strict=True))
-    classes = {r["epoch"]: r for r in _lines(run_dir / "classes.jsonl")}
-    fids = {r["epoch"]: r for r in _lines(run_dir / "fid.jsonl") if "checkpoint" not in r}
+    classes = {r["epoch"]: r for r in read_class_records(run_dir)}
+    fids = {r["epoch"]: r for r in read_fid_records(run_dir)}
     records, train_s, eval_s, images = [], 0.0, 0.0, 0.0
     for epoch, step in enumerate(sorted(epoch_s), 1):
         train_s += epoch_s[step]
