@@ -146,18 +146,15 @@ def unknown_setting(cfg: DictConfig, key: str, input_line: str) -> str:
     """What to tell a user whose ``input_line`` names ``key``, which ``cfg`` does not have: the
     settings nearest to it, and ``+`` only where a constructor takes the key as an argument
     (``trainer.enable_progress_bar``: a Lightning Trainer argument the config does not list)."""
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None) if parent else None
+    if not input_line.startswith("+") and isinstance(node, DictConfig) and _takes(node.get("_target_"), name):
+        return f"{input_line}: {key} is not in the config, but {node._target_} takes {name}: add it with +{input_line}"
     near = closest_settings(cfg, key)
     guess = f"did you mean {' or '.join(near)}?" if near else "mistyped?"
     script = Path(sys.argv[0]).name
     listed = f"; `python {script} --cfg job` lists them" if script in ("train.py", "generate.py") else ""
-    message = f"{input_line}: {key} is not a setting ({guess}){listed}"
-    parent, _, name = key.rpartition(".")
-    node = OmegaConf.select(cfg, parent, default=None) if parent else None
-    if not input_line.startswith("+") and isinstance(node, DictConfig) and _takes(node.get("_target_"), name):
-        message = (
-            f"{input_line}: {key} is not in the config, but {node._target_} takes {name}: add it with +{input_line}"
-        )
-    return message
+    return f"{input_line}: {key} is not a setting ({guess}){listed}"
 
 
 def _takes(target: object, name: str) -> bool | None:
