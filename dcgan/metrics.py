@@ -213,6 +213,8 @@ class ReferenceKey:
 
 
 def reference_key(dm: ImageDataModule, num_samples: int | None, feature_network: str) -> ReferenceKey:
+    if num_samples is not None and num_samples >= dm.num_images():
+        num_samples = None  # all of them (reference_indices): one cache file, whichever way it is asked for
     split, source = dm.reference_id()
     return ReferenceKey(dm.name, split, dm.image_size, dm.channels, num_samples, feature_network, source=source)
 

@@ -24,6 +24,7 @@ from dcgan.metrics import (
     precision_recall,
     reference_features,
     reference_indices,
+    reference_key,
     shard,
     weights_identity,
 )
@@ -161,6 +162,13 @@ def test_reference_features_are_computed_once(extractor: InceptionFeatures, data
     _, _, path8 = reference_features(reference_datamodule("mnist", hparams, "test"), 8, extractor, tmp_path)
     assert extractor.images_processed - before == 16 + 16 + 8
     assert len({path, path64, path8}) == 3 and key64.image_size == 64
+    # as many as the split holds (train.py's eval.reference_samples=10000 of the 10,000 test
+    # images) is all of them (generate.py's fid.reference_samples=null): one cache file
+    test_split = reference_datamodule("mnist", hparams, "test")
+    assert reference_key(test_split, 10_000, "net") == reference_key(test_split, None, "net")
+    assert reference_key(test_split, 9_999, "net").num_samples == 9_999
+    train_split = reference_datamodule("mnist", hparams, "train")
+    assert reference_key(train_split, 10_000, "net").num_samples == 10_000
 
 
 def test_folder_reference_follows_its_files(extractor: InceptionFeatures, tmp_path: Path) -> None:
@@ -172,9 +180,13 @@ def test_folder_reference_follows_its_files(extractor: InceptionFeatures, tmp_pa
         reference_datamodule("folder", hparams, "test"), None, extractor, tmp_path / "c"
     )
     assert feats.shape == (len(files), 2048) and key.split == "all" and key.source
-    # reference_samples is an upper bound: a folder of 8 images gives 8
-    at_most, _, _ = reference_features(reference_datamodule("folder", hparams, "test"), 100, extractor, tmp_path / "c")
-    assert torch.equal(at_most, feats)
+    # reference_samples is an upper bound: a folder of 8 images gives 8, the same cache file
+    before = extractor.images_processed
+    at_most, key_100, path_100 = reference_features(
+        reference_datamodule("folder", hparams, "test"), 100, extractor, tmp_path / "c"
+    )
+    assert torch.equal(at_most, feats) and (key_100, path_100) == (key, path)
+    assert extractor.images_processed == before  # read from the cache, not computed again
     with pytest.raises(UserInputError, match=r"reference_samples=1 must be null \(all images\) or at least 2"):
         reference_features(reference_datamodule("folder", hparams, "test"), 1, extractor, tmp_path / "c")
     files[0].write_bytes(files[1].read_bytes())  # a file changes: a new key, computed again

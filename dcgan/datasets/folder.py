@@ -284,3 +284,6 @@ class FolderData(ImageDataModule):
 
     def reference_id(self) -> tuple[str, str]:
         return "all", folder_fingerprint(self._files())
+
+    def num_images(self) -> int:
+        return len(self._files())

@@ -193,3 +193,6 @@ class MNISTData(ImageDataModule):
 
     def reference_id(self) -> tuple[str, str]:
         return self.split, ""
+
+    def num_images(self) -> int:
+        return SPLIT_SIZES[self.split]

@@ -177,6 +177,10 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
     def reference_id(self) -> tuple[str, str]:
         """(split, fingerprint): what, besides the settings, identifies the images for FID's cache."""
 
+    @abc.abstractmethod
+    def num_images(self) -> int:
+        """How many images the source holds, known before ``setup`` (a folder: its image files)."""
+
     def classes(self) -> list[str] | None:
         """The class names (label i is ``classes()[i]``), known before ``setup``; None: no classes."""
         return self.class_names
