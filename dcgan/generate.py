@@ -419,6 +419,16 @@ def read_scalars(run_dir: Path) -> dict[str, Series]:
 def read_fid_records(run_dir: Path) -> list[dict[str, Any]]:
     """The in-training FID evaluations of a run (``fid.jsonl``), oldest first, without the score
     of best.ckpt at the end (against another reference); [] if none."""
+    return [r for r in _fid_lines(run_dir) if "checkpoint" not in r]
+
+
+def read_final_fid(run_dir: Path) -> dict[str, Any] | None:
+    """The score of best.ckpt against ``eval.final_split`` at the end of training (the last line
+    of ``fid.jsonl``, ``"checkpoint": "best.ckpt"``); None if the run has none."""
+    return next((r for r in reversed(_fid_lines(run_dir)) if "checkpoint" in r), None)
+
+
+def _fid_lines(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "fid.jsonl"
     if not path.is_file():
         return []
@@ -433,7 +443,7 @@ def read_fid_records(run_dir: Path) -> list[dict[str, Any]]:
             # A run killed mid-write can leave a torn last line; the others still count.
             if number != len(lines):
                 raise UserInputError(f"{path}, line {number}, is not JSON") from None
-    return [r for r in records if "checkpoint" not in r]
+    return records
 
 
 def epoch_grids(run_dir: Path) -> list[tuple[int, Path]]:

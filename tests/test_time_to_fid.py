@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
-from tools.time_to_fid import main
+from dcgan.generate import read_final_fid
+from tools import time_to_fid
+from tools.time_to_fid import main, score
 
 
 @pytest.mark.slow
 def test_records_a_run_from_training_to_the_fids_it_reached(
-    tmp_path: Path, data_dir: Path, fid_weights: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    data_dir: Path,
+    fid_weights: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    scored: list[str] = []
+
+    def counting_score(checkpoint: Path, *args: Any) -> dict[str, Any]:
+        scored.append(checkpoint.name)
+        return score(checkpoint, *args)
+
+    monkeypatch.setattr(time_to_fid, "score", counting_score)
     out = tmp_path / "ttf.jsonl"
     argv = ["--run-dir", str(tmp_path / "run"), "--fid-epochs", "1", "--fid-samples", "16"]
     argv += ["--reference-samples", "64", "--targets", "1000,1", "--out", str(out)]
@@ -31,11 +45,21 @@ def test_records_a_run_from_training_to_the_fids_it_reached(
     assert (first["epoch"], first["images"], second["images"]) == (1, 160, 320)
     assert 0 < first["train_s"] < second["train_s"] and first["train_s"] <= first["wall_s"] < second["wall_s"]
     assert first["fid_lenet"] > 0 and second["fid_lenet"] > 0
-    # epoch 1's kept checkpoint and the last one, each at the training time it had
-    assert (fid_1["epoch"], fid_1["checkpoint"], fid_1["train_s"]) == (1, "epoch_0001.ckpt", first["train_s"])
-    assert (fid_2["epoch"], fid_2["checkpoint"], fid_2["train_s"]) == (2, "last.ckpt", second["train_s"])
+    # epoch 1's kept checkpoint and the last one, each at the training time it had; the run
+    # itself scored best.ckpt the same way (smoke: 16 generated vs 64 test images), so that
+    # epoch is taken from its fid.jsonl, not scored again
+    assert (fid_1["epoch"], fid_1["train_s"]) == (1, first["train_s"])
+    assert (fid_2["epoch"], fid_2["train_s"]) == (2, second["train_s"])
     assert (fid_2["num_samples"], fid_2["num_reference"], fid_2["reference"]) == (16, 64, "test")
     assert fid_1["fid"] != fid_2["fid"]
+    final = read_final_fid(tmp_path / "run")
+    assert final is not None
+    names = {1: "epoch_0001.ckpt", 2: "last.ckpt"} | {final["epoch"]: "best.ckpt"}
+    assert [fid_1["checkpoint"], fid_2["checkpoint"]] == [names[1], names[2]]
+    assert len(scored) == 1 and scored[0] == names[3 - final["epoch"]]
+    by_epoch = {1: fid_1, 2: fid_2}
+    rescored = score(tmp_path / "run" / "checkpoints" / "best.ckpt", 16, 64)
+    assert by_epoch[final["epoch"]]["fid"] == round(rescored["fid"], 3) == round(final["fid"], 3)
     assert loose == {"record": "reached", "fid": 1000.0, "train_s": first["train_s"]}  # a smoke FID is < 1000
     assert tight == {"record": "reached", "fid": 1.0, "train_s": None}
     # the curves of the records, as docs/performance.md shows them
