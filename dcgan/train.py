@@ -45,14 +45,16 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
-def _not_lightnings_interrupt_notice(record: logging.LogRecord) -> bool:
+def _not_lightnings_notice(record: logging.LogRecord) -> bool:
     # Lightning's "Detected KeyboardInterrupt, attempting graceful shutdown" on Ctrl-C or SIGTERM:
-    # train.py says itself what stopped it, what was saved and how to continue.
-    return "Detected KeyboardInterrupt" not in record.getMessage()
+    # train.py says itself what stopped it, what was saved and how to continue. And its advert
+    # for a cloud logger ("Tip: ... litlogger") at every start.
+    message = record.getMessage()
+    return "Detected KeyboardInterrupt" not in message and "litlogger" not in message
 
 
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-    logging.getLogger(_name).addFilter(_not_lightnings_interrupt_notice)
+    logging.getLogger(_name).addFilter(_not_lightnings_notice)
 
 
 def build_optimizer(cfg: DictConfig, key: str) -> OptimizerFactory:

@@ -129,6 +129,7 @@ def test_a_signal_mid_epoch_then_kill_9_then_resume_match_an_uninterrupted_run(
         assert "Ctrl-C: stopping after this batch and saving a checkpoint" in result.output
     assert "Traceback" not in result.output
     assert "Detected KeyboardInterrupt" not in result.output  # Lightning's, beside ours
+    assert "litlogger" not in result.output  # Lightning's advert for a cloud logger
     ckpt = torch.load(interrupted, weights_only=True)
     assert loop.data_position(ckpt) == (1, 3)
     assert ckpt["global_step"] == 2 * (8 + 3)  # one D and one G step per finished batch, no more
