@@ -1,7 +1,7 @@
 """``python tools/bench.py``: what the framework costs and how fast its parts run.
 
 For each model size (28, 64, 128; widths and batch size from the shipped experiments
-mnist28, fashion64, fashion128), in one process per size:
+mnist28_dcgan, fashion64, fashion128: the DCGAN of the paper), in one process per size:
 
 - ``train``: training images/s through the project's real path (the Hydra config, DataModule,
   LightningModule and Trainer, with the configured logger, checkpoints and sample grids; FID
@@ -58,7 +58,7 @@ from dcgan.sampling import latents
 from dcgan.speed import PLAIN, Speed, device_name
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-EXPERIMENTS = {28: "mnist28", 64: "fashion64", 128: "fashion128"}
+EXPERIMENTS = {28: "mnist28_dcgan", 64: "fashion64", 128: "fashion128"}
 
 # --baseline: how the networks run without any speed switch.
 BASELINE = PLAIN
