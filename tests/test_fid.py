@@ -28,7 +28,7 @@ from dcgan.metrics import (
     shard,
     weights_identity,
 )
-from tests.helpers import REPO, datamodule, random_inception_weights
+from tests.helpers import REPO, datamodule, random_inception_weights, write_image_tree
 
 
 def reference_datamodule(dataset: str, settings: dict[str, Any], split: str) -> ImageDataModule:
@@ -359,6 +359,28 @@ def test_the_real_data_floor_command(extractor: InceptionFeatures, mnist_test: t
     pr = precision_recall(torch.from_numpy(a).float(), torch.from_numpy(b).float())
     assert record["precision"] == pytest.approx(pr["precision"]) and record["recall"] == pytest.approx(pr["recall"])
     assert min(pr.values()) > 0.7, pr
+
+
+def test_a_folders_floor_is_one_half_against_the_other(extractor: InceptionFeatures, tmp_path: Path) -> None:
+    """A folder is its own reference: its floor compares two fixed random halves of its images."""
+    from dcgan.datasets.folder import load_image
+    from dcgan.metrics import frechet_distance
+    from tools.fid_floor import floor
+
+    root = tmp_path / "images"
+    files = write_image_tree(root)
+    settings = ["dataset=folder", f"dataset.path={root}", "dataset.image_size=64", "dataset.batch_size=4"]
+    settings.append(f"eval.cache_dir={tmp_path / 'c'}")
+    record = floor(settings)
+    assert {k: record[k] for k in ("dataset", "num_samples", "num_reference", "reference_split")} == {
+        "dataset": "folder", "num_samples": 4, "num_reference": 4, "reference_split": "other half"
+    }  # fmt: skip
+    features = extractor(torch.stack([load_image(f, 64, 3) for f in files]))
+    order = torch.randperm(8, generator=torch.Generator().manual_seed(0))
+    assert record["fid"] == pytest.approx(frechet_distance(features[order[:4]], features[order[4:]]), rel=1e-3)
+    assert record["fid"] > 0  # not the folder against itself
+    with pytest.raises(UserInputError, match="num_samples do not apply to a folder"):
+        floor([*settings, "num_samples=4"])
 
 
 def test_the_floor_command_answers_help_and_bad_overrides_in_one_line(
