@@ -53,6 +53,9 @@ def test_bench_records(tmp_path: Path, data_dir: Path, fid_weights: Path) -> Non
     assert (train["g_width"], train["rounds"], len(train["project_rounds"]), len(train["plain_rounds"])) == (8, 2, 2, 2)
     assert train["project_images_per_s"] > 0 and train["plain_images_per_s"] > 0
     assert train["ratio"] == pytest.approx(train["project_images_per_s"] / train["plain_images_per_s"], abs=1e-3)
+    # D at width 8: 1 -> 8 channels at 14x14, 8 -> 16 at 7x7 (4x4 kernels), 16 -> 1 (7x7 kernel)
+    macs = 14 * 14 * 8 * 1 * 16 + 7 * 7 * 16 * 8 * 16 + 16 * 49
+    assert train["d_gflop_per_image"] == pytest.approx(2 * macs / 1e9, rel=1e-3) and train["g_gflop_per_image"] > 0
     assert data["images_per_s"] > 0
     assert fid["fid_features_images_per_s"] > 0 and fid["fid_features_torchmetrics_default_images_per_s"] > 0
     assert fid["fid_eval_num_samples"] == 8 and fid["fid_eval_s"] > 0 and fid["precision_recall_s"] >= 0

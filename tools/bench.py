@@ -1,7 +1,7 @@
 """``python tools/bench.py``: what the framework costs and how fast its parts run.
 
 For each model size (28, 64, 128; widths and batch size from the shipped experiments
-mnist28_dcgan, fashion64, fashion128: the DCGAN of the paper), in one process per size:
+mnist28_dcgan, fashion64_dcgan, fashion128_dcgan: the DCGAN of the paper), in one process per size:
 
 - ``train``: training images/s through the project's real path (the Hydra config, DataModule,
   LightningModule and Trainer, with the configured logger, checkpoints and sample grids; FID
@@ -44,6 +44,7 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from torch.utils.flop_counter import FlopCounterMode
 
 from dcgan.callbacks import FIDCallback
 from dcgan.classifier import Classifier, ClassifierKey, ClassifierScorer, LeNet, classifies
@@ -58,7 +59,7 @@ from dcgan.sampling import latents
 from dcgan.speed import PLAIN, Speed, device_name
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-EXPERIMENTS = {28: "mnist28_dcgan", 64: "fashion64", 128: "fashion128"}
+EXPERIMENTS = {28: "mnist28_dcgan", 64: "fashion64_dcgan", 128: "fashion128_dcgan"}
 
 # --baseline: how the networks run without any speed switch.
 BASELINE = PLAIN
@@ -349,6 +350,21 @@ def _torchmetrics_default_rate(weights: str | None, images: torch.Tensor, device
     return len(images) / (time.perf_counter() - start)
 
 
+def forward_gflop(model: DCGAN) -> dict[str, float]:
+    """GFLOP of one image through G's and D's forward passes (a multiply-add counts 2; a
+    training step costs about 3x a forward: the backward pass takes about twice its FLOPs)."""
+    flops = {}
+    labels = torch.zeros(2, dtype=torch.long) if model.num_classes else None
+    z = latents(2, model.hparams.latent_dim, seed=0)
+    images = torch.zeros(2, model.hparams.channels, model.hparams.image_size, model.hparams.image_size)
+    for name, net, x in (("g", model.generator, z), ("d", model.discriminator, images)):
+        net = copy.deepcopy(net).cpu().eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            net(x, labels)
+        flops[f"{name}_gflop_per_image"] = float(f"{counter.get_total_flops() / len(x) / 1e9:.4g}")
+    return flops
+
+
 # --------------------------------------------------------------------------------------------
 # one size, in its own process (its own peak memory)
 
@@ -367,7 +383,8 @@ def bench_size(size: int, args: argparse.Namespace) -> list[dict[str, Any]]:
         datamodule.prepare_data()
         datamodule.setup("fit")
         base = {"size": size, "experiment": EXPERIMENTS[size], "batch_size": datamodule.batch_size}
-        base |= {k: model.hparams[k] for k in ("g_width", "d_width", "latent_dim")}
+        base |= {k: model.hparams[k] for k in ("g_width", "d_width", "max_width", "fc_width", "latent_dim")}
+        base |= forward_gflop(model)
 
         autocast = autocast_dtype(trainer)
         project, plain, baseline = [], [], []
