@@ -32,12 +32,13 @@ def test_groups_hold_the_documented_options() -> None:
     assert options("dataset") == ["fashion_mnist", "folder", "mnist"]
     assert not (CONF / "model").exists()  # the image size is the dataset's: dataset.image_size
     assert options("loss") == ["hinge", "ls", "ns", "wgan_gp"]
-    assert options("optimizer") == ["adam", "adam_b256", "ttur"]
+    assert options("optimizer") == ["adam", "adam_b128", "adam_b256", "ttur"]
     assert options("trainer") == ["cpu", "ddp", "ddp_cpu", "default", "gpu"]
     assert options("logger") == ["csv", "tensorboard"]
     assert options("experiment") == [
-        "fashion128", "fashion28", "fashion28_cond", "fashion28_dcgan", "fashion28_fc", "fashion64", "folder64",
-        "mnist28", "mnist28_best", "mnist28_cond", "mnist28_dcgan", "mnist28_fc", "smoke", "sweep_mnist28",
+        "fashion128", "fashion128_dcgan", "fashion28", "fashion28_cond", "fashion28_dcgan", "fashion28_fc",
+        "fashion64", "fashion64_dcgan", "folder64", "mnist28", "mnist28_best", "mnist28_cond", "mnist28_dcgan",
+        "mnist28_fc", "smoke", "sweep_mnist28",
     ]  # fmt: skip
     assert options("hparams_search") == ["optuna_fid"]
 
@@ -83,7 +84,8 @@ def test_optimizer_options(compose_cfg: Callable[..., DictConfig], option: str) 
     g = instantiate(cfg.optimizer.generator)([param])
     d = instantiate(cfg.optimizer.discriminator)([param])
     assert isinstance(g, torch.optim.Adam) and isinstance(d, torch.optim.Adam)
-    expected = {"adam": (2e-4, 2e-4), "adam_b256": (4e-4, 4e-4), "ttur": (1e-4, 4e-4)}[option]
+    rates = {"adam": (2e-4, 2e-4), "adam_b128": (2.8e-4, 2.8e-4), "adam_b256": (4e-4, 4e-4), "ttur": (1e-4, 4e-4)}
+    expected = rates[option]
     assert (g.defaults["lr"], d.defaults["lr"]) == expected
     assert tuple(g.defaults["betas"]) == (0.5, 0.999)
 
@@ -126,6 +128,26 @@ def test_experiment_options_build_everything(
     assert any(isinstance(c, FIDCallback) for c in trainer.callbacks)  # type: ignore[attr-defined]
     assert isinstance(datamodule, ImageDataModule) and isinstance(model, DCGAN) and isinstance(trainer, L.Trainer)
     assert model.hparams.image_size == datamodule.image_size
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("option", "size", "channels", "width"), [("fashion64", 64, 1, 16), ("fashion128", 128, 1, 8)])
+def test_size_recipes_train_a_few_batches_at_their_size(
+    compose_cfg: Callable[..., DictConfig], option: str, size: int, channels: int, width: int
+) -> None:
+    """The recipes beyond 28 px build networks derived for their size (widths thinned so a step
+    costs about what 28 px's does) and train on images of that size."""
+    quick = ["eval.fid=false", "eval.classifier=false", "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
+    cfg = compose_cfg(f"experiment={option}", "trainer.precision=bf16-mixed", "dataset.batch_size=8", *quick)
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule)
+    assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == 2
+    assert datamodule.image_size == size and datamodule.images is not None
+    assert tuple(datamodule.images.shape[1:]) == (channels, size, size)
+    last = [m for m in model.generator.modules() if isinstance(m, torch.nn.ConvTranspose2d)][-1]
+    first = next(m for m in model.discriminator.modules() if isinstance(m, torch.nn.Conv2d))
+    assert (last.in_channels, first.out_channels) == (width, width)
+    assert model.generate(torch.randn(2, model.hparams.latent_dim)).shape == (2, channels, size, size)
 
 
 def test_default_experiment_is_mnist28(compose_cfg: Callable[..., DictConfig]) -> None:
@@ -302,7 +324,7 @@ def test_entry_point_exit_codes(capsys: pytest.CaptureFixture[str], monkeypatch:
         (
             "train.py",
             "experiment=mnist29",
-            "experiment=mnist29 is not an option of experiment; choose one of fashion128, fashion28,",
+            "experiment=mnist29 is not an option of experiment; choose one of fashion128, fashion128_dcgan, fashion28,",
         ),
         (
             "train.py",

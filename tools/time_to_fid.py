@@ -203,7 +203,8 @@ def time_to_fid(
 
 def plot(files: list[Path], out: Path) -> Path:
     """The curves of several time-to-FID records (``--out`` files of this tool): fid_lenet over
-    the training minutes, and the FIDs scored at N = 10,000 with the targets, one colour per run."""
+    the training minutes, and the FIDs scored at N = 10,000 with the targets, one colour per run,
+    named by its file."""
     fig = Figure(figsize=(11, 4.5))
     lenet_ax, fid_ax = fig.subplots(1, 2)
     targets: set[float] = set()
@@ -212,7 +213,9 @@ def plot(files: list[Path], out: Path) -> Path:
         runs = [i for i, r in enumerate(records) if r["record"] == "run"]
         for start, end in zip(runs, [*runs[1:], len(records)], strict=True):
             header, body = records[start], records[start + 1 : end]
-            label = _label(header["overrides"])
+            # A file's name says what its run is; the settings tell the runs of one file apart
+            # (and stay as recorded when a recipe later changes what its name means).
+            label = path.stem if len(runs) == 1 else f"{path.stem}: {_label(header['overrides'])}"
             epochs = [r for r in body if r["record"] == "epoch" and r["fid_lenet"] is not None]
             (line,) = lenet_ax.plot([r["train_s"] / 60 for r in epochs], [r["fid_lenet"] for r in epochs], label=label)
             fids = [r for r in body if r["record"] == "fid"]
