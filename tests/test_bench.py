@@ -51,6 +51,7 @@ def test_bench_records(tmp_path: Path, data_dir: Path, fid_weights: Path) -> Non
         assert record["precision"] == auto_precision("cpu")[0]  # the default, auto, as resolved here
         assert record["channels_last"] is True and record["fused_optimizer"] is False  # the defaults on a CPU
     assert (train["g_width"], train["rounds"], len(train["project_rounds"]), len(train["plain_rounds"])) == (8, 2, 2, 2)
+    assert (train["experiment"], train["overrides"]) == ("mnist28_dcgan", [*TINY, "eval.classifier_num_samples=200"])
     assert train["project_images_per_s"] > 0 and train["plain_images_per_s"] > 0
     assert train["ratio"] == pytest.approx(train["project_images_per_s"] / train["plain_images_per_s"], abs=1e-3)
     # D at width 8: 1 -> 8 channels at 14x14, 8 -> 16 at 7x7 (4x4 kernels), 16 -> 1 (7x7 kernel)
@@ -66,13 +67,16 @@ def test_bench_records(tmp_path: Path, data_dir: Path, fid_weights: Path) -> Non
 
 @pytest.mark.slow
 def test_bench_baseline_and_switches(data_dir: Path) -> None:
-    """--baseline times the float32 NCHW plain loop too; the records name the switches used."""
+    """--baseline times the float32 NCHW plain loop too; the records name the experiment and the
+    switches used."""
     result = bench(
         "--sizes", "28", "--warmup", "1", "--batches", "2", "--rounds", "1", "--data-batches", "2", "--no-fid",
-        "--baseline", "trainer.precision=bf16-mixed", "speed.fused_optimizer=true", *TINY, data_dir=data_dir,
+        "--baseline", "experiment=fashion28", "trainer.precision=bf16-mixed", "speed.fused_optimizer=true", *TINY,
+        data_dir=data_dir,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     train, data = (json.loads(line) for line in result.stdout.splitlines())
+    assert (train["experiment"], train["batch_size"], train["fc_width"]) == ("fashion28", 128, 1024)  # the one asked
     assert (train["precision"], train["fused_optimizer"], train["channels_last"]) == ("bf16-mixed", True, True)
     assert data["bench"] == "data" and data["precision"] == "bf16-mixed"
     assert len(train["baseline_rounds"]) == 1 and train["baseline_images_per_s"] > 0

@@ -382,7 +382,9 @@ def bench_size(size: int, args: argparse.Namespace) -> list[dict[str, Any]]:
         datamodule.trainer = trainer  # setup() decides where the data lives from the trainer
         datamodule.prepare_data()
         datamodule.setup("fit")
-        base = {"size": size, "experiment": EXPERIMENTS[size], "batch_size": datamodule.batch_size}
+        chosen = [o.split("=", 1)[1] for o in args.overrides if o.startswith("experiment=")]
+        base = {"size": size, "experiment": (chosen or [EXPERIMENTS[size]])[-1], "batch_size": datamodule.batch_size}
+        base |= {"overrides": list(args.overrides)}
         base |= {k: model.hparams[k] for k in ("g_width", "d_width", "max_width", "fc_width", "latent_dim")}
         base |= forward_gflop(model)
 
