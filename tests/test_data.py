@@ -142,11 +142,16 @@ def test_top_level_subfolders_are_classes(tmp_path: Path, in_memory: bool) -> No
 
 
 def test_auto_in_memory_follows_the_memory_limit(image_tree: tuple[Path, list[Path]]) -> None:
-    root, _ = image_tree
+    root, files = image_tree
     small = folder_module(root)
     small.setup()
     assert small.images is not None
-    tight = folder_module(root, memory_limit_mb=0)
+    # the limit is on the decoded uint8 images: (files, 3, 28, 28) bytes fit exactly, a byte less does not
+    size_mb = len(files) * 3 * 28 * 28 / 2**20
+    exact = folder_module(root, memory_limit_mb=size_mb)
+    exact.setup()
+    assert exact.images is not None
+    tight = folder_module(root, memory_limit_mb=size_mb - 1 / 2**20)
     tight.setup()
     assert tight.images is None and tight.dataset is not None
 
@@ -165,15 +170,15 @@ def test_images_are_resized_and_center_cropped(tmp_path: Path) -> None:
 def test_mode_conversions(tmp_path: Path) -> None:
     Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(tmp_path / "clear.png")  # fully transparent red
     Image.new("L", (8, 8), 100).save(tmp_path / "gray.png")
-    Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)).save(tmp_path / "white16.png")
+    Image.fromarray(np.full((8, 8), 25700, dtype=np.uint16)).save(tmp_path / "gray16.png")
     Image.new("CMYK", (8, 8), (0, 0, 0, 0)).save(tmp_path / "cmyk.jpg")
     # transparent pixels land on white
     assert torch.all(load_image(tmp_path / "clear.png", 8, 3) == 255)
     # grayscale into an RGB run: three equal channels
     rgb = load_image(tmp_path / "gray.png", 8, 3)
     assert rgb.shape == (3, 8, 8) and torch.all(rgb == 100)
-    # 16-bit white is scaled to 8-bit white, not clipped
-    assert torch.all(load_image(tmp_path / "white16.png", 8, 1) == 255)
+    # 16-bit gray is scaled to 8 bits (25700 / 65535 * 255 = 100), not clipped to white
+    assert torch.all(load_image(tmp_path / "gray16.png", 8, 1) == 100)
     # CMYK with no ink is white
     assert load_image(tmp_path / "cmyk.jpg", 8, 3).float().mean() > 250
     # palette images take their palette's colours

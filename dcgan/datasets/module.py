@@ -135,7 +135,7 @@ class ImageDataModule(L.LightningDataModule, abc.ABC):
         channels: int,
         batch_size: int,
         in_memory: bool | str,
-        memory_limit_mb: int,
+        memory_limit_mb: float,
         on_device: bool | str,
         num_workers: int,
         seed: int | None,
