@@ -378,7 +378,7 @@ class ClassifierCallback(L.Callback):
                 getattr(datamodule, "source", "this data"),
             )
             return
-        key = ClassifierKey(datamodule.name, train_samples=self.train_samples)
+        key = ClassifierKey(datamodule.name, datamodule.image_size, train_samples=self.train_samples)
         root = datamodule.root  # type: ignore[attr-defined]
         # Rank 0 trains (or loads) and caches it; the others then read the cache.
         if trainer.is_global_zero:

@@ -271,7 +271,7 @@ def classifier_scores(
     trained on first use)."""
     has_config = (run.directory / ".hydra" / "config.yaml").is_file()
     train_samples = OmegaConf.select(run.config, "eval.classifier_train_samples") if has_config else None
-    key = ClassifierKey(reference.name, train_samples=train_samples)
+    key = ClassifierKey(reference.name, reference.image_size, train_samples=train_samples)
     classifier = load_classifier(reference.name, reference.root, settings.cache_dir, key)  # type: ignore[attr-defined]
     classifier.net.to(device)
     return reference_scorer(classifier, reference, settings.reference_samples)

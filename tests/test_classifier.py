@@ -144,3 +144,33 @@ def test_a_run_logs_class_coverage(smoke_run: Path) -> None:
     assert {"val/classes_covered", "val/class_kl", "val/fid_lenet"} <= set(tags["scalars"])
     [first, _] = accumulator.Histograms("val/classes")
     assert first.histogram_value.bucket == [float(c) for c in records[0]["class_histogram"]]
+
+
+def test_the_classifier_of_a_size_learns_the_images_at_that_size(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 64 px a run's images are the 28 px ones resized; the classifier learns and is tested
+    on them so (trained at 28 px it called half of Fashion-MNIST's real shirts something else)."""
+    from dcgan.images import resize_uint8
+
+    seen: list[torch.Tensor] = []
+    train = clf.train_classifier
+
+    def recording(images: torch.Tensor, *args: object) -> clf.LeNet:
+        seen.append(images)
+        return train(images, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(clf, "train_classifier", recording)
+    tested: list[torch.Tensor] = []
+    measure = clf.accuracy
+    monkeypatch.setattr(
+        clf, "accuracy", lambda net, images, labels: tested.append(images) or measure(net, images, labels)
+    )
+    key = ClassifierKey("mnist", 64, epochs=1, train_samples=500)
+    classifier = load_classifier("mnist", data_dir, tmp_path, key)
+    train_images, _ = load_mnist("mnist", data_dir, "train", download=False)
+    test_images, _ = load_mnist("mnist", data_dir, "test", download=False)
+    assert torch.equal(seen[0], resize_uint8(train_images, 64))
+    assert torch.equal(tested[0], resize_uint8(test_images, 64))
+    assert classifier.test_accuracy > 0.5  # it reads 64 px images (through its 28 px input)
+    assert key.filename() != ClassifierKey("mnist", epochs=1, train_samples=500).filename()
