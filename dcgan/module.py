@@ -47,7 +47,8 @@ class DCGAN(L.LightningModule):
     Args (their meaning and defaults: ``model:`` in conf/train.yaml):
         image_size, channels: the images, (channels, image_size, image_size).
         latent_dim: size of the noise vector z ~ N(0, I).
-        g_width, d_width, max_width, g_stem, fc_width, d_dropout, d_norm, g_spectral: the networks
+        g_width, d_width, max_width, g_stem, g_upsample, fc_width, d_dropout, d_norm, g_spectral: the
+            networks
             (dcgan/networks.py).
         conditional, num_classes: class-conditional G and D (``num_classes``: the dataset's).
         loss, gp_weight: the loss (dcgan/losses.py), the weight of a gradient penalty (0: none).
@@ -72,6 +73,7 @@ class DCGAN(L.LightningModule):
         d_width: int,
         max_width: int,
         g_stem: str,
+        g_upsample: str,
         fc_width: int,
         d_dropout: float,
         d_norm: str,
@@ -124,6 +126,7 @@ class DCGAN(L.LightningModule):
             classes,
             g_spectral,  # type: ignore[arg-type]
             fc_width,
+            g_upsample,
         )
         self.discriminator = Discriminator(
             image_size, channels, d_width, max_width, d_dropout, d_norm, classes, fc_width

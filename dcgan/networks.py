@@ -18,6 +18,9 @@ from dcgan.errors import choice, integer, require
 SUPPORTED_IMAGE_SIZES: tuple[int, ...] = (28, 64, 128)
 GeneratorStem = Literal["conv", "dense"]
 GENERATOR_STEMS: tuple[str, ...] = ("conv", "dense")
+# G's 2x upsampling: ConvTranspose(4, stride 2) (DCGAN), or nearest-neighbour resize then a 3x3
+# conv (Odena et al. 2016), which cannot draw ConvTranspose's checkerboard of uneven overlaps.
+G_UPSAMPLINGS: tuple[str, ...] = ("transpose", "resize")
 # D's normalisation: BatchNorm after each conv but the first (DCGAN), spectral normalisation
 # of every conv's weight (Miyato et al. 2018; no BatchNorm), or none.
 D_NORMS: tuple[str, ...] = ("batch", "spectral", "none")
@@ -98,7 +101,8 @@ class Generator(nn.Module):
 
     ``stem="conv"``: ConvTranspose from a 1x1 latent to the start grid (pytorch/examples).
     ``stem="dense"``: Linear -> reshape to the start grid (TensorFlow DCGAN tutorial).
-    Then each stage is ConvTranspose(4, stride 2) + BatchNorm + ReLU; the last stage
+    Then each stage is ConvTranspose(4, stride 2) (``upsample="resize"``: nearest 2x + Conv(3))
+    + BatchNorm + ReLU; the last stage
     outputs the image channels through Tanh. ``num_classes`` > 0: every BatchNorm is a
     ``ConditionalBatchNorm`` and ``forward`` takes the labels. ``spectral``: spectral norm on
     every layer's weight as well (Zhang et al. 2019, SAGAN), BatchNorm kept. ``fc_width`` > 0:
@@ -116,9 +120,11 @@ class Generator(nn.Module):
         num_classes: int = 0,
         spectral: bool = False,
         fc_width: int = 0,
+        upsample: str = "transpose",
     ) -> None:
         super().__init__()
         start, stages = stage_layout(image_size)
+        choice(upsample, "model.g_upsample", G_UPSAMPLINGS)
         for name, value in (("latent_dim", latent_dim), ("g_width", width), ("max_width", max_width)):
             integer(value, f"model.{name}")
         integer(fc_width, "model.fc_width", minimum=0)
@@ -158,14 +164,16 @@ class Generator(nn.Module):
                 nn.ReLU(inplace=True),
                 nn.Unflatten(1, (c0, start, start)),
             )
+
+        def up(in_ch: int, out_ch: int) -> list[nn.Module]:
+            if upsample == "resize":
+                return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(in_ch, out_ch, 3, 1, 1, bias=False)]
+            return [nn.ConvTranspose2d(in_ch, out_ch, 4, 2, 1, bias=False)]
+
         blocks: list[nn.Module] = []
         for i in range(stages - 1):
-            blocks += [
-                nn.ConvTranspose2d(widths[i], widths[i + 1], 4, 2, 1, bias=False),
-                norm(widths[i + 1]),
-                nn.ReLU(inplace=True),
-            ]
-        blocks += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
+            blocks += [*up(widths[i], widths[i + 1]), norm(widths[i + 1]), nn.ReLU(inplace=True)]
+        blocks += [*up(widths[-1], channels), nn.Tanh()]
         self.blocks = _Stages(*blocks)
         init_dcgan_weights(self)
         if spectral:

@@ -55,6 +55,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "r1_weight": 0.0,
     "r1_every": 1,
     "augment": [],
+    "g_upsample": "transpose",
 }
 
 # Hyperparameters that change the shape of a saved tensor: a checkpoint only loads into a
@@ -67,6 +68,7 @@ SHAPE_KEYS: tuple[str, ...] = (
     "d_width",
     "max_width",
     "g_stem",
+    "g_upsample",
     "fc_width",
     "d_norm",
     "g_spectral",

@@ -19,6 +19,7 @@ TINY = {
     "d_width": 4,
     "max_width": 16,
     "g_stem": "conv",
+    "g_upsample": "transpose",
     "fc_width": 0,
     "d_dropout": 0.0,
     "d_norm": "batch",

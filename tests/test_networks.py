@@ -147,3 +147,25 @@ def test_the_fc_layers_take_their_norms_and_classes() -> None:
         Generator(28, 1, latent_dim=10, width=4, max_width=16, fc_width=-1)
     with pytest.raises(UserInputError, match="model.fc_width=1.5 must be an integer >= 0"):
         Discriminator(28, 1, width=4, max_width=16, fc_width=1.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("image_size", [28, 64])
+def test_resize_upsampling_draws_no_checkerboard(image_size: int) -> None:
+    """A spatially constant input to G's stages comes out constant (away from the zero-padded
+    border) with resize upsampling; ConvTranspose(4, stride 2) stamps a period-2 pattern on it."""
+    torch.manual_seed(0)
+    start, stages = stage_layout(image_size)
+    border = 2**stages  # the padding's reach, doubled by each later stage
+    for upsample, flat in (("resize", True), ("transpose", False)):
+        g = Generator(image_size, 1, latent_dim=8, width=4, max_width=16, upsample=upsample).eval()
+        assert any(isinstance(m, nn.ConvTranspose2d) for m in g.blocks) != flat
+        c0 = g.stem[0].out_channels
+        with torch.no_grad():
+            out = g.blocks(torch.randn(1, c0, 1, 1).expand(1, c0, start, start))
+        inner = out[0, 0, border:-border, border:-border]
+        assert (inner.max() - inner.min() < 1e-5) == flat, upsample
+
+
+def test_unknown_upsampling_is_refused_with_the_choices() -> None:
+    with pytest.raises(UserInputError, match="model.g_upsample='bilinear' is not known; choose one of transpose, resize"):
+        Generator(28, 1, latent_dim=8, width=4, max_width=16, upsample="bilinear")
