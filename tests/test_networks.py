@@ -167,5 +167,6 @@ def test_resize_upsampling_draws_no_checkerboard(image_size: int) -> None:
 
 
 def test_unknown_upsampling_is_refused_with_the_choices() -> None:
-    with pytest.raises(UserInputError, match="model.g_upsample='bilinear' is not known; choose one of transpose, resize"):
+    message = "model.g_upsample='bilinear' is not known; choose one of transpose, resize"
+    with pytest.raises(UserInputError, match=message):
         Generator(28, 1, latent_dim=8, width=4, max_width=16, upsample="bilinear")

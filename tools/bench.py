@@ -385,7 +385,8 @@ def bench_size(size: int, args: argparse.Namespace) -> list[dict[str, Any]]:
         chosen = [o.split("=", 1)[1] for o in args.overrides if o.startswith("experiment=")]
         base = {"size": size, "experiment": (chosen or [EXPERIMENTS[size]])[-1], "batch_size": datamodule.batch_size}
         base |= {"overrides": list(args.overrides)}
-        base |= {k: model.hparams[k] for k in ("g_width", "d_width", "max_width", "g_upsample", "fc_width", "latent_dim")}
+        shape = ("g_width", "d_width", "max_width", "g_upsample", "fc_width", "latent_dim")
+        base |= {k: model.hparams[k] for k in shape}
         base |= forward_gflop(model)
 
         autocast = autocast_dtype(trainer)
