@@ -47,9 +47,8 @@ class DCGAN(L.LightningModule):
     Args (their meaning and defaults: ``model:`` in conf/train.yaml):
         image_size, channels: the images, (channels, image_size, image_size).
         latent_dim: size of the noise vector z ~ N(0, I).
-        g_width, d_width, max_width, g_stem, g_upsample, fc_width, d_dropout, d_norm, g_spectral: the
-            networks
-            (dcgan/networks.py).
+        g_width, d_width, max_width, g_stem, g_upsample, fc_width, d_dropout, d_norm, g_spectral:
+            the networks (dcgan/networks.py).
         conditional, num_classes: class-conditional G and D (``num_classes``: the dataset's).
         loss, gp_weight: the loss (dcgan/losses.py), the weight of a gradient penalty (0: none).
         r1_weight, r1_every: R1 penalty on real images (0: none), taken every ``r1_every`` batches.

@@ -101,12 +101,12 @@ class Generator(nn.Module):
 
     ``stem="conv"``: ConvTranspose from a 1x1 latent to the start grid (pytorch/examples).
     ``stem="dense"``: Linear -> reshape to the start grid (TensorFlow DCGAN tutorial).
-    Then each stage is ConvTranspose(4, stride 2) (``upsample="resize"``: nearest 2x + Conv(3))
-    + BatchNorm + ReLU; the last stage
-    outputs the image channels through Tanh. ``num_classes`` > 0: every BatchNorm is a
-    ``ConditionalBatchNorm`` and ``forward`` takes the labels. ``spectral``: spectral norm on
-    every layer's weight as well (Zhang et al. 2019, SAGAN), BatchNorm kept. ``fc_width`` > 0:
-    a hidden fully connected layer (+ BatchNorm + ReLU) of that width maps z before the stem.
+    Then each stage is ConvTranspose(4, stride 2) (``upsample="resize"``: nearest 2x, then
+    Conv(3)) + BatchNorm + ReLU; the last stage outputs the image channels through Tanh.
+    ``num_classes`` > 0: every BatchNorm is a ``ConditionalBatchNorm`` and ``forward`` takes the
+    labels. ``spectral``: spectral norm on every layer's weight as well (Zhang et al. 2019,
+    SAGAN), BatchNorm kept. ``fc_width`` > 0: a hidden fully connected layer (+ BatchNorm + ReLU)
+    of that width maps z before the stem.
     """
 
     def __init__(
