@@ -91,8 +91,8 @@ def epoch_records(run_dir: Path) -> list[dict[str, Any]]:
             {
                 "record": "epoch",
                 "epoch": epoch,
-                "train_s": round(train_s, 1),
-                "wall_s": round(train_s + eval_s, 1),
+                "train_s": round(train_s, 3),  # ms: a smoke epoch lasts a few hundredths of a second
+                "wall_s": round(train_s + eval_s, 3),
                 "images": round(images),
                 "fid_lenet": round(lenet, 3) if lenet is not None else None,
             }
