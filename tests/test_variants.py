@@ -82,6 +82,25 @@ def test_translation_shifts_and_cutout_blanks_a_square() -> None:
     assert (zeros > 0).all() and (zeros <= 64).all() and (zeros == 64).any()
 
 
+def test_translation_moves_each_image_by_its_own_shift() -> None:
+    """Each image is its own shift of the input, zeros where it reads past the edge: compared
+    with the shift done by slicing, for the (dy, dx) the transform draws."""
+    x = torch.rand(32, 3, 16, 12)
+    torch.manual_seed(1)
+    moved = translation(x)
+    torch.manual_seed(1)
+    dy = torch.randint(-2, 3, (32, 1, 1)).flatten().tolist()
+    dx = torch.randint(-2, 3, (32, 1, 1)).flatten().tolist()
+    assert len(set(zip(dy, dx, strict=True))) > 5
+    for image, out, y, z in zip(x, moved, dy, dx, strict=True):
+        expected = torch.zeros_like(image)
+        # out[:, i, j] = image[:, i + y, j + z] where that pixel exists
+        expected[:, max(0, -y) : 16 - max(0, y), max(0, -z) : 12 - max(0, z)] = image[
+            :, max(0, y) : 16 - max(0, -y), max(0, z) : 12 - max(0, -z)
+        ]
+        assert torch.equal(out, expected), (y, z)
+
+
 def test_d_sees_augmented_images_in_training(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
     model = tiny_model(augment=["translation"])
