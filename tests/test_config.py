@@ -149,13 +149,13 @@ def test_size_recipes_train_a_few_batches_at_their_size(
     assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == 2
     assert datamodule.image_size == size and datamodule.images is not None
     assert tuple(datamodule.images.shape[1:]) == (channels, size, size)
-    convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)  # folder64 upsamples by resize + conv
-    last = [m for m in model.generator.modules() if isinstance(m, convs)][-1]
+    last = [m for m in model.generator.modules() if isinstance(m, torch.nn.Conv2d)][-1]
     first = next(m for m in model.discriminator.modules() if isinstance(m, torch.nn.Conv2d))
     assert (last.in_channels, first.out_channels) == (width, width)
-    # folder64: resize upsampling (no ConvTranspose) and spectral norm in D, for RGB folders
-    assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.generator.modules()) == (option != "folder64")
-    assert (model.hparams.d_norm == "spectral") == (option == "folder64")
+    # resize upsampling (no ConvTranspose checkerboard) and spectral norm in D with the hinge loss
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.generator.modules())
+    assert (model.hparams.d_norm, model.hparams.loss) == ("spectral", "hinge")
+    assert bool(model.hparams.augment) == (option == "folder64")  # DiffAugment for a small folder
     assert model.generate(torch.randn(2, model.hparams.latent_dim)).shape == (2, channels, size, size)
 
 
