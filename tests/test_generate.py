@@ -20,7 +20,8 @@ from PIL import Image
 
 from dcgan.errors import OutputError, UserInputError
 from dcgan.files import NpzWriter, atomic_dir
-from dcgan.generate import D_TAGS, LOSS_TAGS, generate, read_scalars, write_report
+from dcgan.generate import generate
+from dcgan.report import D_TAGS, LOSS_TAGS, read_scalars, write_report
 from dcgan.sampling import interpolation_path, latents, lerp, slerp, vary_dimensions
 from tests.helpers import CONF
 

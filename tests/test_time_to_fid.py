@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from dcgan.generate import read_final_fid
+from dcgan.report import read_final_fid
 from tools import time_to_fid
 from tools.time_to_fid import main, score
 

@@ -43,8 +43,9 @@ from omegaconf import OmegaConf
 from dcgan.cli import exit_with
 from dcgan.errors import ReportedError, UserInputError
 from dcgan.files import atomic_path
-from dcgan.generate import generate, read_class_records, read_fid_records, read_final_fid, read_scalars
+from dcgan.generate import generate
 from dcgan.loop import epochs_trained
+from dcgan.report import read_class_records, read_fid_records, read_final_fid, read_scalars
 from dcgan.run import read_checkpoint
 from dcgan.speed import device_name
 
