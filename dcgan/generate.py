@@ -190,15 +190,14 @@ class Generation:
         names = cfg.classes
         if not classes:
             raise UserInputError("interpolate.classes needs a class-conditional checkpoint (model.conditional=true)")
-        if not isinstance(names, ListConfig) or len(names) < 2 or not all(isinstance(c, int) for c in names):
+        if not isinstance(names, ListConfig) or len(names) < 2:
             raise UserInputError(f"interpolate.classes={names} must be a list of 2 or more classes, e.g. [3,8]")
-        for c in names:
-            require(0 <= c < classes, "interpolate.classes", list(names), f"must be classes in 0..{classes - 1}")
-        onehot = torch.eye(classes)[list(names)]
+        indices = [class_index(c, self.model, "interpolate.classes") for c in names]
+        onehot = torch.eye(classes)[indices]
         path = interpolation_path(onehot, steps, "linear", closed=bool(cfg.closed))  # (segments, steps, classes)
         z = latents(1, self.latent_dim, self.seed).expand(path.shape[0] * steps, -1)
         images = self.images(z, path.flatten(0, 1)).unflatten(0, path.shape[:2])
-        stem = f"interpolate-{self.tag}-seed{self.seed}-classes{'-'.join(map(str, names))}"
+        stem = f"interpolate-{self.tag}-seed{self.seed}-classes{'-'.join(map(str, indices))}"
         return self._write_path(images, stem, cfg)
 
     def _write_path(self, images: torch.Tensor, stem: str, cfg: DictConfig) -> list[Path]:
@@ -240,6 +239,18 @@ class Generation:
         return written
 
 
+def class_index(label: object, model: DCGAN, key: str) -> int:
+    """A class of the checkpoint's generator by its index (``7``) or, where the checkpoint keeps
+    the data's class names (a folder's subfolders, Fashion-MNIST's), its name (``smileys_emotion``)."""
+    names = model.class_names or []
+    if isinstance(label, str) and label in names:
+        return names.index(label)
+    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < model.num_classes:
+        return label
+    accepted = f"an index 0..{model.num_classes - 1}" + (f" or a name, one of {', '.join(names)}" if names else "")
+    raise UserInputError(f"{key}={label} is not a class of the checkpoint: {accepted}")
+
+
 def requested_class(cfg: DictConfig, model: DCGAN) -> int | None:
     """``class=``, checked against the checkpoint's classes (None: not given)."""
     label = cfg.get("class")
@@ -247,13 +258,7 @@ def requested_class(cfg: DictConfig, model: DCGAN) -> int | None:
         return None
     if not model.num_classes:
         raise UserInputError(f"class={label}: this checkpoint's generator is unconditional; leave out class=")
-    require(
-        isinstance(label, int) and not isinstance(label, bool) and 0 <= label < model.num_classes,
-        "class",
-        label,
-        f"must be a class of the checkpoint, 0..{model.num_classes - 1}",
-    )
-    return int(label)
+    return class_index(label, model, "class")
 
 
 def sample_labels(model: DCGAN, n: int, seed: int) -> torch.Tensor | None:

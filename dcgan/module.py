@@ -139,6 +139,9 @@ class DCGAN(L.LightningModule):
             # Each class's number of training images, set when training starts: FID and
             # generate.py draw labels in these proportions.
             self.register_buffer("class_counts", torch.zeros(num_classes))
+        # The data's class names (a folder's subfolders), set with class_counts and saved in the
+        # checkpoint: generate.py's class=<name>. None: unconditional, or a checkpoint from before.
+        self.class_names: list[str] | None = None
         self.nonfinite = NonFiniteGuard(nonfinite_loss)
         self._last_g_loss: Tensor | None = None
 
@@ -259,7 +262,8 @@ class DCGAN(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.num_classes and stage == "fit" and not self.class_counts.any():
-            counts = self.trainer.datamodule.label_counts()  # type: ignore[attr-defined]
+            datamodule = self.trainer.datamodule  # type: ignore[attr-defined]
+            counts = datamodule.label_counts()
             require(
                 len(counts) == self.num_classes,
                 "model.num_classes",
@@ -267,6 +271,7 @@ class DCGAN(L.LightningModule):
                 f"does not match the {len(counts)} classes of the data",
             )
             self.class_counts.copy_(counts)
+            self.class_names = list(datamodule.class_names)
 
     def configure_optimizers(self) -> list[Optimizer]:
         if self.g_optimizer is None or self.d_optimizer is None:
@@ -292,9 +297,11 @@ class DCGAN(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.nonfinite.check()  # a count that includes every batch saved
         checkpoint["nonfinite_skipped"] = self.nonfinite.skipped
+        checkpoint["class_names"] = self.class_names
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.nonfinite.skipped = int(checkpoint["nonfinite_skipped"])
+        self.class_names = checkpoint.get("class_names")
 
 
 def linear_decay(start: float, total: int) -> Callable[[int], float]:

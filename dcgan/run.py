@@ -160,6 +160,7 @@ class Checkpoint:
         try:
             model = DCGAN(**self.hparams)
             model.load_state_dict(self.data["state_dict"])
+            model.class_names = self.data.get("class_names")  # None in checkpoints from before them
         except (TypeError, RuntimeError) as e:
             raise UserInputError(f"{self.path} does not fit this version's DCGAN ({e})") from e
         return model.to(device).eval()

@@ -283,6 +283,7 @@ def test_a_conditional_run_trains_resumes_and_draws_one_row_per_class(conditiona
     ckpt = torch.load(conditional_run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["conditional"] and ckpt["hyper_parameters"]["num_classes"] == 10
     assert ckpt["epoch"] == 1 and ckpt["state_dict"]["class_counts"].tolist()[:3] == [5923, 6742, 5958]
+    assert ckpt["class_names"] == [str(d) for d in range(10)]  # kept across the resume
     # the training grid: one row per class, one fixed latent per column (10 x 10 at 28 px)
     assert read(conditional_run / "samples" / "epoch_0002.png").shape[:2] == (10 * 30 + 2, 10 * 30 + 2)
 
@@ -300,6 +301,8 @@ def test_a_conditional_run_trains_resumes_and_draws_one_row_per_class(conditiona
     [four] = gen("class=4", "grid.num_images=4", "grid.nrow=4")
     assert np.array_equal(cells(three, 4), images[3]) and np.array_equal(cells(four, 4), images[4])
     assert not np.array_equal(cells(three, 4), cells(four, 4))
+    [named] = gen("class='3'", "grid.num_images=4", "grid.nrow=4")  # by name: a string, the class called 3
+    assert np.array_equal(cells(named, 4), images[3])
     written = gen("mode=interpolate", "interpolate.classes=[1,7]", "interpolate.steps=5")
     assert [p.name for p in written] == [
         "interpolate-last-seed0-classes1-7.png",
@@ -322,12 +325,33 @@ def test_a_conditional_run_trains_resumes_and_draws_one_row_per_class(conditiona
     _, npz_k = gen("mode=samples", "samples.num_images=20", "samples.npz=true", f"class={k}")
     with np.load(npz_k) as data:
         assert (data["labels"] == k).all() and np.array_equal(data["arr_0"][5, ..., 0], drawn[5])
-    with pytest.raises(UserInputError, match=r"class=10 must be a class of the checkpoint, 0..9"):
+    with pytest.raises(
+        UserInputError, match=r"class=10 is not a class of the checkpoint: an index 0..9 or a name, one of 0, 1, "
+    ):
         gen("class=10")
     with pytest.raises(UserInputError, match="this mode draws one class, so add class=<0..9>"):
         gen("mode=interpolate")
     with pytest.raises(UserInputError, match="mode=fid scores all classes"):
         gen("mode=fid", "class=1")
+
+
+def test_a_class_is_asked_for_by_index_or_by_the_datas_name() -> None:
+    from dcgan.generate import class_index
+
+    model = tiny_model(conditional=True, num_classes=3)
+    model.class_names = ["zeta", "alpha", "1"]  # a folder's subfolders, in sorted order
+    assert [class_index(c, model, "class") for c in ("alpha", "zeta", "1", 1, 2)] == [1, 0, 2, 1, 2]
+    with pytest.raises(
+        UserInputError,
+        match="class=beta is not a class of the checkpoint: an index 0..2 or a name, one of zeta, alpha, 1$",
+    ):
+        class_index("beta", model, "class")
+    model.class_names = None  # a checkpoint from before class names were kept: indices only
+    assert class_index(2, model, "class") == 2
+    with pytest.raises(
+        UserInputError, match="interpolate.classes=alpha is not a class of the checkpoint: an index 0..2$"
+    ):
+        class_index("alpha", model, "interpolate.classes")
 
 
 @pytest.mark.slow
