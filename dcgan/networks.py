@@ -18,9 +18,11 @@ from dcgan.errors import choice, integer, require
 SUPPORTED_IMAGE_SIZES: tuple[int, ...] = (28, 64, 128)
 GeneratorStem = Literal["conv", "dense"]
 GENERATOR_STEMS: tuple[str, ...] = ("conv", "dense")
-# G's 2x upsampling: ConvTranspose(4, stride 2) (DCGAN), or nearest-neighbour resize then a 3x3
-# conv (Odena et al. 2016), which cannot draw ConvTranspose's checkerboard of uneven overlaps.
-G_UPSAMPLINGS: tuple[str, ...] = ("transpose", "resize")
+# G's 2x upsampling: ConvTranspose(4, stride 2) (DCGAN), or a resize then a 3x3 conv (Odena et
+# al. 2016), which cannot draw ConvTranspose's checkerboard of uneven overlaps: nearest-neighbour
+# (``resize``), or bilinear, whose output has no 2x2 blocks for the conv to smooth away (images
+# that were themselves enlarged, as Fashion-MNIST at 64 px, are smooth at the pixel level).
+G_UPSAMPLINGS: tuple[str, ...] = ("transpose", "resize", "bilinear")
 # D's normalisation: BatchNorm after each conv but the first (DCGAN), spectral normalisation
 # of every conv's weight (Miyato et al. 2018; no BatchNorm), or none.
 D_NORMS: tuple[str, ...] = ("batch", "spectral", "none")
@@ -102,7 +104,8 @@ class Generator(nn.Module):
     ``stem="conv"``: ConvTranspose from a 1x1 latent to the start grid (pytorch/examples).
     ``stem="dense"``: Linear -> reshape to the start grid (TensorFlow DCGAN tutorial).
     Then each stage is ConvTranspose(4, stride 2) (``upsample="resize"``: nearest 2x, then
-    Conv(3)) + BatchNorm + ReLU; the last stage outputs the image channels through Tanh.
+    Conv(3); ``"bilinear"``: bilinear 2x, then Conv(3)) + BatchNorm + ReLU; the last stage
+    outputs the image channels through Tanh.
     ``num_classes`` > 0: every BatchNorm is a ``ConditionalBatchNorm`` and ``forward`` takes the
     labels. ``spectral``: spectral norm on every layer's weight as well (Zhang et al. 2019,
     SAGAN), BatchNorm kept. ``fc_width`` > 0: a hidden fully connected layer (+ BatchNorm + ReLU)
@@ -166,9 +169,10 @@ class Generator(nn.Module):
             )
 
         def up(in_ch: int, out_ch: int) -> list[nn.Module]:
-            if upsample == "resize":
-                return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(in_ch, out_ch, 3, 1, 1, bias=False)]
-            return [nn.ConvTranspose2d(in_ch, out_ch, 4, 2, 1, bias=False)]
+            if upsample == "transpose":
+                return [nn.ConvTranspose2d(in_ch, out_ch, 4, 2, 1, bias=False)]
+            mode = "nearest" if upsample == "resize" else "bilinear"
+            return [nn.Upsample(scale_factor=2, mode=mode), nn.Conv2d(in_ch, out_ch, 3, 1, 1, bias=False)]
 
         blocks: list[nn.Module] = []
         for i in range(stages - 1):
