@@ -133,13 +133,13 @@ def test_experiment_options_build_everything(
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("option", "size", "channels", "width"),
-    [("fashion64", 64, 1, 16), ("fashion128", 128, 1, 8), ("folder64", 64, 3, 16)],
+    [("fashion64", 64, 1, 32), ("fashion128", 128, 1, 8), ("folder64", 64, 3, 16)],
 )
 def test_size_recipes_train_a_few_batches_at_their_size(
     compose_cfg: Callable[..., DictConfig], folder: Path, option: str, size: int, channels: int, width: int
 ) -> None:
-    """The recipes beyond 28 px build networks derived for their size (widths thinned so a step
-    costs about what 28 px's does) and train on images of that size (a folder's in RGB, with
+    """The recipes beyond 28 px build networks derived for their size (widths chosen per size,
+    docs/performance.md) and train on images of that size (a folder's in RGB, with
     DiffAugment)."""
     quick = ["eval.fid=false", "eval.classifier=false", "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
     data = [f"dataset.path={folder}", "dataset.batch_size=4"] if option == "folder64" else ["dataset.batch_size=8"]
