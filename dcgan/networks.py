@@ -20,8 +20,8 @@ GeneratorStem = Literal["conv", "dense"]
 GENERATOR_STEMS: tuple[str, ...] = ("conv", "dense")
 # G's 2x upsampling: ConvTranspose(4, stride 2) (DCGAN), or a resize then a 3x3 conv (Odena et
 # al. 2016), which cannot draw ConvTranspose's checkerboard of uneven overlaps: nearest-neighbour
-# (``resize``), or bilinear, whose output has no 2x2 blocks for the conv to smooth away (images
-# that were themselves enlarged, as Fashion-MNIST at 64 px, are smooth at the pixel level).
+# (``resize``), or bilinear, whose output has no 2x2 blocks for the conv to smooth away (on
+# fashion64 at width 16 it trailed resize by far over 12 epochs: docs/quality.md).
 G_UPSAMPLINGS: tuple[str, ...] = ("transpose", "resize", "bilinear")
 # D's normalisation: BatchNorm after each conv but the first (DCGAN), spectral normalisation
 # of every conv's weight (Miyato et al. 2018; no BatchNorm), or none.
