@@ -47,8 +47,8 @@ class DCGAN(L.LightningModule):
     Args (their meaning and defaults: ``model:`` in conf/train.yaml):
         image_size, channels: the images, (channels, image_size, image_size).
         latent_dim: size of the noise vector z ~ N(0, I).
-        g_width, d_width, max_width, g_stem, g_upsample, fc_width, d_dropout, d_norm, g_spectral:
-            the networks (dcgan/networks.py).
+        g_width, d_width, max_width, g_stem, g_upsample, fc_width, d_dropout, d_norm,
+        d_minibatch_std, g_spectral: the networks (dcgan/networks.py).
         conditional, num_classes: class-conditional G and D (``num_classes``: the dataset's).
         loss, gp_weight: the loss (dcgan/losses.py), the weight of a gradient penalty (0: none).
         r1_weight, r1_every: R1 penalty on real images (0: none), taken every ``r1_every`` batches.
@@ -76,6 +76,7 @@ class DCGAN(L.LightningModule):
         fc_width: int,
         d_dropout: float,
         d_norm: str,
+        d_minibatch_std: int,
         g_spectral: bool,
         conditional: bool,
         num_classes: int | None,
@@ -128,7 +129,7 @@ class DCGAN(L.LightningModule):
             g_upsample,
         )
         self.discriminator = Discriminator(
-            image_size, channels, d_width, max_width, d_dropout, d_norm, classes, fc_width
+            image_size, channels, d_width, max_width, d_dropout, d_norm, classes, fc_width, d_minibatch_std
         )
         self.augment = DiffAugment(augment)
         self.generator_ema = EMA(self.generator, ema_decay, ema_start) if ema_decay > 0 else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from dcgan.errors import choice, integer, require
@@ -87,6 +88,30 @@ class ConditionalBatchNorm(nn.Module):
         else:
             scale, shift = self.scale(labels), self.shift(labels)
         return self.norm(x) * scale.view(shape) + shift.view(shape)
+
+
+class MinibatchStd(nn.Module):
+    """Appends one feature map to D's start grid: how much the images of a group differ (the
+    std of each feature across a group of ``group`` images, averaged over features and
+    positions; Karras et al. 2018, ProGAN section 3; StyleGAN2's group of 4). A G that draws
+    few variations gives batches whose spread is unlike the real ones', which D then sees.
+
+    Images ``i`` and ``j`` share a group when ``i % (N / g) == j % (N / g)``, ``g`` the largest
+    divisor of the batch size N that divides ``group`` (a last batch of odd size: groups of 1,
+    whose spread is 0). Real and fake images must come in separate batches, as D sees them here.
+    """
+
+    def __init__(self, group: int) -> None:
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, h, w = x.shape
+        g = math.gcd(n, self.group)
+        # float32: under bfloat16 autocast the difference of nearly equal features loses its digits.
+        y = x.float().reshape(g, n // g, *x.shape[1:])
+        spread = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (N / g,)
+        return torch.cat([x, spread.to(x.dtype).view(-1, 1, 1, 1).repeat(g, 1, h, w)], dim=1)
 
 
 class _Stages(nn.Sequential):
@@ -207,7 +232,8 @@ class Discriminator(nn.Module):
     2018): the logit gains the inner product of a class embedding with D's features summed
     over the start grid (or its hidden FC layer's), and ``forward`` takes the labels.
     ``fc_width`` > 0: the start grid is flattened into a hidden fully connected layer of that
-    width, then the logit (InfoGAN's MNIST discriminator).
+    width, then the logit (InfoGAN's MNIST discriminator). ``minibatch_std`` > 0: the start grid
+    gains a ``MinibatchStd`` feature map over groups of that many images before the head.
     """
 
     def __init__(
@@ -220,12 +246,14 @@ class Discriminator(nn.Module):
         norm: str = "batch",
         num_classes: int = 0,
         fc_width: int = 0,
+        minibatch_std: int = 0,
     ) -> None:
         super().__init__()
         start, stages = stage_layout(image_size)
         for name, value in (("d_width", width), ("max_width", max_width)):
             integer(value, f"model.{name}")
         integer(fc_width, "model.fc_width", minimum=0)
+        integer(minibatch_std, "model.d_minibatch_std", minimum=0)
         require(0.0 <= dropout < 1.0, "model.d_dropout", dropout, "must be in [0, 1)")
         choice(norm, "model.d_norm", D_NORMS)
         widths = [min(width * 2**i, max_width) for i in range(stages)]
@@ -247,6 +275,9 @@ class Discriminator(nn.Module):
                 *activation(nn.BatchNorm2d(out_ch) if i else None),
             ]
             in_ch = out_ch
+        if minibatch_std > 0:
+            layers.append(MinibatchStd(minibatch_std))
+            in_ch += 1
         if fc_width > 0:
             # InfoGAN's and Lucic et al. 2018's MNIST discriminator: FC 1024 before the logit.
             layers += [nn.Flatten(), nn.Linear(in_ch * start * start, fc_width, bias=False)]

@@ -56,6 +56,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "r1_every": 1,
     "augment": [],
     "g_upsample": "transpose",
+    "d_minibatch_std": 0,
 }
 
 # Hyperparameters that change the shape of a saved tensor: a checkpoint only loads into a
@@ -71,6 +72,7 @@ SHAPE_KEYS: tuple[str, ...] = (
     "g_upsample",
     "fc_width",
     "d_norm",
+    "d_minibatch_std",
     "g_spectral",
     "conditional",
     "num_classes",

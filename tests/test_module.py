@@ -22,6 +22,7 @@ TINY = {
     "g_upsample": "transpose",
     "fc_width": 0,
     "d_dropout": 0.0,
+    "d_minibatch_std": 0,
     "d_norm": "batch",
     "g_spectral": False,
     "conditional": False,
@@ -86,6 +87,7 @@ def test_one_step_changes_both_networks() -> None:
     "settings",
     [
         {"loss": "hinge", "d_norm": "spectral"},
+        {"loss": "hinge", "d_norm": "spectral", "d_minibatch_std": 4},
         {"loss": "ls", "real_label": 0.9},
         {"loss": "wgan_gp", "gp_weight": 10.0, "d_norm": "none", "d_steps_per_g": 2},
     ],

@@ -5,7 +5,14 @@ import torch
 from torch import nn
 
 from dcgan.errors import UserInputError
-from dcgan.networks import SUPPORTED_IMAGE_SIZES, ConditionalBatchNorm, Discriminator, Generator, stage_layout
+from dcgan.networks import (
+    SUPPORTED_IMAGE_SIZES,
+    ConditionalBatchNorm,
+    Discriminator,
+    Generator,
+    MinibatchStd,
+    stage_layout,
+)
 
 
 @pytest.mark.parametrize("image_size", SUPPORTED_IMAGE_SIZES)
@@ -67,6 +74,38 @@ def test_discriminator_dropout_is_optional() -> None:
     assert not any(isinstance(m, nn.Dropout) for m in Discriminator(28, 1, 4, 16).modules())
     with_dropout = [m for m in Discriminator(28, 1, 4, 16, dropout=0.3).modules() if isinstance(m, nn.Dropout)]
     assert len(with_dropout) == 2 and with_dropout[0].p == 0.3
+
+
+def test_minibatch_std_couples_each_image_to_its_group_only() -> None:
+    torch.manual_seed(0)
+    d = Discriminator(28, 1, width=4, max_width=16, norm="none", minibatch_std=4)  # no BatchNorm
+    x = torch.randn(8, 1, 28, 28)
+    before = d(x)
+    x[2] = torch.randn(1, 28, 28)  # groups of 4 in a batch of 8: images 0, 2, 4, 6 and 1, 3, 5, 7
+    after = d(x)
+    assert not torch.allclose(before[[0, 2, 4, 6]], after[[0, 2, 4, 6]])
+    assert torch.equal(before[[1, 3, 5, 7]], after[[1, 3, 5, 7]])
+
+
+def test_minibatch_std_measures_the_spread_of_a_group() -> None:
+    same = torch.randn(1, 3, 4, 4).repeat(4, 1, 1, 1)
+    out = MinibatchStd(4)(same)
+    assert out.shape == (4, 4, 4, 4)
+    assert torch.equal(out[:, :3], same) and out[:, 3].max() < 1e-3  # identical images: no spread
+    varied = MinibatchStd(4)(torch.randn(4, 3, 4, 4) * 2.0)
+    assert 1.0 < varied[0, 3, 0, 0] < 3.0 and torch.equal(varied[:, 3], varied[0, 3].expand(4, 4, 4))
+    assert MinibatchStd(4)(torch.randn(3, 3, 4, 4))[:, 3].max() < 1e-3  # a batch of 3: groups of 1
+
+
+@pytest.mark.parametrize(("fc_width", "classes"), [(0, 0), (32, 0), (0, 10), (32, 10)])
+def test_minibatch_std_feeds_every_head(fc_width: int, classes: int) -> None:
+    d = Discriminator(
+        64, 3, width=4, max_width=16, norm="spectral", num_classes=classes, fc_width=fc_width, minibatch_std=4
+    )
+    labels = torch.randint(0, 10, (6,)) if classes else None
+    assert d(torch.randn(6, 3, 64, 64), labels).shape == (6,)
+    with pytest.raises(UserInputError, match="model.d_minibatch_std=-1 must be an integer >= 0"):
+        Discriminator(28, 1, width=4, max_width=16, minibatch_std=-1)
 
 
 @pytest.mark.parametrize("image_size", [0, 32, 56, 256])
