@@ -47,7 +47,7 @@ class DCGAN(L.LightningModule):
     Args (their meaning and defaults: ``model:`` in conf/train.yaml):
         image_size, channels: the images, (channels, image_size, image_size).
         latent_dim: size of the noise vector z ~ N(0, I).
-        g_width, d_width, max_width, g_stem, g_upsample, fc_width, d_dropout, d_norm,
+        g_width, d_width, max_width, start_grid, g_stem, g_upsample, fc_width, d_dropout, d_norm,
         d_minibatch_std, g_spectral: the networks (dcgan/networks.py).
         conditional, num_classes: class-conditional G and D (``num_classes``: the dataset's).
         loss, gp_weight: the loss (dcgan/losses.py), the weight of a gradient penalty (0: none).
@@ -71,6 +71,7 @@ class DCGAN(L.LightningModule):
         g_width: int,
         d_width: int,
         max_width: int,
+        start_grid: int | None,
         g_stem: str,
         g_upsample: str,
         fc_width: int,
@@ -127,9 +128,10 @@ class DCGAN(L.LightningModule):
             g_spectral,  # type: ignore[arg-type]
             fc_width,
             g_upsample,
+            start_grid,
         )
         self.discriminator = Discriminator(
-            image_size, channels, d_width, max_width, d_dropout, d_norm, classes, fc_width, d_minibatch_std
+            image_size, channels, d_width, max_width, d_dropout, d_norm, classes, fc_width, d_minibatch_std, start_grid
         )
         self.augment = DiffAugment(augment)
         self.generator_ema = EMA(self.generator, ema_decay, ema_start) if ema_decay > 0 else None

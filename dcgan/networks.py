@@ -2,7 +2,8 @@
 
 Both networks are a stack of stride-2 stages between a small "start" grid and the image:
 28 px images start from 7x7 (two stages: 7 -> 14 -> 28), powers of two from 4x4
-(64 px: four stages, 128 px: five). Widths double towards the small end, capped at
+(64 px: four stages, 128 px: five), or from the side ``start_grid`` asks for (64 px from 8x8:
+three stages). Widths double towards the small end, capped at
 ``max_width``, as in the DCGAN paper (Radford et al. 2015) and pytorch/examples.
 """
 
@@ -35,16 +36,23 @@ def check_image_size(image_size: object, key: str) -> None:
     require(image_size in SUPPORTED_IMAGE_SIZES, key, image_size, f"is not supported; supported sizes are {sizes}")
 
 
-def stage_layout(image_size: int) -> tuple[int, int]:
+def stage_layout(image_size: int, start: int | None = None) -> tuple[int, int]:
     """Return ``(start, stages)``: the start grid side and the number of 2x stages.
 
-    Raises ``UserInputError`` for sizes outside ``SUPPORTED_IMAGE_SIZES``.
+    ``start`` None derives it from the size: 7 for 28 px, 4 for powers of two. Another side
+    must leave at least one stage: ``image_size / start`` a power of two >= 2 (64 px from 8x8:
+    three stages instead of four). Raises ``UserInputError`` for sizes outside
+    ``SUPPORTED_IMAGE_SIZES`` and for such a ``start``.
     """
     check_image_size(image_size, "model.image_size")
-    start = 7 if image_size % 7 == 0 else 4
-    stages = int(math.log2(image_size // start))
-    assert start * 2**stages == image_size
-    return start, stages
+    if start is None:
+        start = 7 if image_size % 7 == 0 else 4
+    # The sides that leave whole 2x stages: the size halved once or more, while it halves evenly.
+    sides = [image_size >> k for k in range(1, image_size.bit_length()) if (image_size >> k) << k == image_size]
+    integer(start, "model.start_grid")
+    fits = f"does not fit {image_size} px images; use null or one of {', '.join(map(str, sides))}"
+    require(start in sides, "model.start_grid", start, fits)
+    return start, int(math.log2(image_size // start))
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
@@ -149,9 +157,10 @@ class Generator(nn.Module):
         spectral: bool = False,
         fc_width: int = 0,
         upsample: str = "transpose",
+        start_grid: int | None = None,
     ) -> None:
         super().__init__()
-        start, stages = stage_layout(image_size)
+        start, stages = stage_layout(image_size, start_grid)
         choice(upsample, "model.g_upsample", G_UPSAMPLINGS)
         for name, value in (("latent_dim", latent_dim), ("g_width", width), ("max_width", max_width)):
             integer(value, f"model.{name}")
@@ -247,9 +256,10 @@ class Discriminator(nn.Module):
         num_classes: int = 0,
         fc_width: int = 0,
         minibatch_std: int = 0,
+        start_grid: int | None = None,
     ) -> None:
         super().__init__()
-        start, stages = stage_layout(image_size)
+        start, stages = stage_layout(image_size, start_grid)
         for name, value in (("d_width", width), ("max_width", max_width)):
             integer(value, f"model.{name}")
         integer(fc_width, "model.fc_width", minimum=0)

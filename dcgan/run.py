@@ -57,6 +57,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "augment": [],
     "g_upsample": "transpose",
     "d_minibatch_std": 0,
+    "start_grid": None,
 }
 
 # Hyperparameters that change the shape of a saved tensor: a checkpoint only loads into a
@@ -68,6 +69,7 @@ SHAPE_KEYS: tuple[str, ...] = (
     "g_width",
     "d_width",
     "max_width",
+    "start_grid",
     "g_stem",
     "g_upsample",
     "fc_width",

@@ -30,17 +30,36 @@ def test_generator_output_feeds_discriminator(image_size: int, channels: int, st
     assert torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize(("image_size", "start", "stages"), [(28, 7, 2), (64, 4, 4), (128, 4, 5)])
-def test_depth_follows_image_size(image_size: int, start: int, stages: int) -> None:
-    assert stage_layout(image_size) == (start, stages)
-    g = Generator(image_size, 1, latent_dim=8, width=4, max_width=64, stem="conv")
-    d = Discriminator(image_size, 1, width=4, max_width=64)
+@pytest.mark.parametrize(
+    ("image_size", "start_grid", "start", "stages"),
+    [(28, None, 7, 2), (64, None, 4, 4), (128, None, 4, 5), (64, 8, 8, 3), (128, 8, 8, 4), (28, 14, 14, 1)],
+)
+def test_depth_follows_image_size(image_size: int, start_grid: int | None, start: int, stages: int) -> None:
+    assert stage_layout(image_size, start_grid) == (start, stages)
+    g = Generator(image_size, 1, latent_dim=8, width=4, max_width=64, stem="conv", start_grid=start_grid)
+    d = Discriminator(image_size, 1, width=4, max_width=64, start_grid=start_grid)
+    assert g(torch.randn(2, 8)).shape == (2, 1, image_size, image_size)
+    assert d(torch.randn(2, 1, image_size, image_size)).shape == (2,)
     # conv stem: one ConvTranspose to the start grid, then one per 2x stage.
     assert sum(isinstance(m, nn.ConvTranspose2d) for m in g.modules()) == stages + 1
     # one stride-2 conv per stage, plus the final start x start conv to one logit.
     convs = [m for m in d.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == stages + 1
     assert convs[-1].kernel_size == (start, start)
+
+
+@pytest.mark.parametrize(
+    ("image_size", "start_grid", "sides"),
+    [(64, 6, "32, 16, 8, 4, 2, 1"), (28, 4, "14, 7"), (64, 64, "32, 16, 8, 4, 2, 1")],
+)
+def test_a_start_grid_that_leaves_no_whole_stages_is_refused(image_size: int, start_grid: int, sides: str) -> None:
+    with pytest.raises(
+        UserInputError,
+        match=f"model.start_grid={start_grid} does not fit {image_size} px images; use null or one of {sides}",
+    ):
+        Generator(image_size, 1, latent_dim=8, width=4, max_width=64, start_grid=start_grid)
+    with pytest.raises(UserInputError, match="model.start_grid=True must be an integer >= 1"):
+        Discriminator(image_size, 1, width=4, max_width=64, start_grid=True)  # type: ignore[arg-type]
 
 
 def test_widths_double_towards_start_grid_and_respect_cap() -> None:
