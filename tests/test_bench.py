@@ -94,3 +94,15 @@ def test_bench_refuses_bad_arguments(data_dir: Path) -> None:
         "error: the benchmark's plain loop mirrors trainer.precision 32-true or bf16-mixed, not 64-true"
         in result.stderr
     )
+
+
+def test_overrides_may_follow_sizes() -> None:
+    """Hydra overrides right after --sizes' list are overrides, not more sizes (the commands in
+    docs/performance.md and docs/quality.md are written that way)."""
+    from tools.bench import parse_args
+
+    args = parse_args(["--no-fid", "--sizes", "64", "experiment=fashion64", "model.start_grid=8", "--quick"])
+    assert args.sizes == [64] and args.overrides == ["experiment=fashion64", "model.start_grid=8"]
+    assert args.no_fid and args.quick
+    args = parse_args(["--sizes", "28", "128", "--out=x.jsonl", "dataset.batch_size=64"])
+    assert args.sizes == [28, 128] and args.overrides == ["dataset.batch_size=64"] and args.out == Path("x.jsonl")

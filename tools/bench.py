@@ -445,7 +445,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every size, e.g. dataset.batch_size=64")
-    args = p.parse_args(argv)
+    # Overrides are told apart by their '=', so that they may follow --sizes' list (--sizes 64
+    # experiment=fashion64), which argparse would otherwise read as one more size.
+    argv = sys.argv[1:] if argv is None else argv
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = p.parse_args([a for a in argv if a not in overrides])
+    args.overrides = overrides
     warmup, batches, rounds = QUICK if args.quick else FULL
     args.warmup = args.warmup if args.warmup is not None else warmup
     args.batches = args.batches if args.batches is not None else batches
