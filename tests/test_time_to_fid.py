@@ -83,3 +83,11 @@ def test_refuses_what_it_cannot_score(tmp_path: Path, capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         main(["--run", str(tmp_path), "experiment=smoke"])
     assert "give no overrides or --fid-epochs with it" in capsys.readouterr().err
+
+
+def test_overrides_may_stand_between_options() -> None:
+    args = time_to_fid.parse_args(
+        ["--out", "x.jsonl", "experiment=fashion28", "--run-dir", "outputs/f28", "eval.fid=false"]
+    )
+    assert args.overrides == ["experiment=fashion28", "eval.fid=false"]
+    assert (args.out, args.run_dir) == (Path("x.jsonl"), Path("outputs/f28"))

@@ -266,7 +266,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--plot", type=Path, help="draw the curves of the JSONL files given (not overrides) into this PNG"
     )
     parser.add_argument("overrides", nargs="*", help="train.py settings, e.g. experiment=fashion28 eval.fid=false")
-    args = parser.parse_args(argv)
+    # intermixed: overrides may stand before, between or after the options (--out x.jsonl
+    # experiment=fashion28 --run-dir outputs/f28 eval.fid=false); parse_args stops at the second run
+    args = parser.parse_intermixed_args(argv)
     try:
         args.fid_epochs = [int(e) for e in args.fid_epochs.split(",") if e]
         args.targets = [float(t) for t in args.targets.split(",")] if args.targets else None
