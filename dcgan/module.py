@@ -48,7 +48,7 @@ class DCGAN(L.LightningModule):
         image_size, channels: the images, (channels, image_size, image_size).
         latent_dim: size of the noise vector z ~ N(0, I).
         g_width, d_width, max_width, start_grid, g_stem, g_upsample, fc_width, d_dropout, d_norm,
-        d_minibatch_std, g_spectral: the networks (dcgan/networks.py).
+        d_minibatch_std, skips, g_spectral: the networks (dcgan/networks.py).
         conditional, num_classes: class-conditional G and D (``num_classes``: the dataset's).
         loss, gp_weight: the loss (dcgan/losses.py), the weight of a gradient penalty (0: none).
         r1_weight, r1_every: R1 penalty on real images (0: none), taken every ``r1_every`` batches.
@@ -78,6 +78,7 @@ class DCGAN(L.LightningModule):
         d_dropout: float,
         d_norm: str,
         d_minibatch_std: int,
+        skips: bool,
         g_spectral: bool,
         conditional: bool,
         num_classes: int | None,
@@ -129,9 +130,20 @@ class DCGAN(L.LightningModule):
             fc_width,
             g_upsample,
             start_grid,
+            skips,
         )
         self.discriminator = Discriminator(
-            image_size, channels, d_width, max_width, d_dropout, d_norm, classes, fc_width, d_minibatch_std, start_grid
+            image_size,
+            channels,
+            d_width,
+            max_width,
+            d_dropout,
+            d_norm,
+            classes,
+            fc_width,
+            d_minibatch_std,
+            start_grid,
+            skips,
         )
         self.augment = DiffAugment(augment)
         self.generator_ema = EMA(self.generator, ema_decay, ema_start) if ema_decay > 0 else None

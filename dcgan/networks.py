@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from dcgan.errors import choice, integer, require
 
@@ -142,7 +143,10 @@ class Generator(nn.Module):
     ``num_classes`` > 0: every BatchNorm is a ``ConditionalBatchNorm`` and ``forward`` takes the
     labels. ``spectral``: spectral norm on every layer's weight as well (Zhang et al. 2019,
     SAGAN), BatchNorm kept. ``fc_width`` > 0: a hidden fully connected layer (+ BatchNorm + ReLU)
-    of that width maps z before the stem.
+    of that width maps z before the stem. ``skips``: StyleGAN2's skip generator (Karras et al.
+    2020, fig. 7b): the start grid and every stage's output also draw an image (a 1x1 conv), and
+    these are enlarged (bilinear) and summed into the last stage's output before the Tanh, so
+    the coarse grids set the picture's layout and tone directly and the fine stages add detail.
     """
 
     def __init__(
@@ -158,6 +162,7 @@ class Generator(nn.Module):
         fc_width: int = 0,
         upsample: str = "transpose",
         start_grid: int | None = None,
+        skips: bool = False,
     ) -> None:
         super().__init__()
         start, stages = stage_layout(image_size, start_grid)
@@ -213,6 +218,10 @@ class Generator(nn.Module):
             blocks += [*up(widths[i], widths[i + 1]), norm(widths[i + 1]), nn.ReLU(inplace=True)]
         blocks += [*up(widths[-1], channels), nn.Tanh()]
         self.blocks = _Stages(*blocks)
+        # Skips: every grid also draws an image (a 1x1 conv), enlarged and summed into the output.
+        self.to_image: nn.ModuleList | None = None
+        if skips:
+            self.to_image = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in widths)
         init_dcgan_weights(self)
         if spectral:
             _spectral_norm(self)
@@ -225,7 +234,17 @@ class Generator(nn.Module):
             z = self.fc(z, labels)
         if self.stem_kind == "conv":
             z = z.view(z.shape[0], -1, 1, 1)
-        return self.blocks(self.stem(z, labels), labels)
+        x = self.stem(z, labels)
+        if self.to_image is None:
+            return self.blocks(x, labels)
+        image, drawn = self.to_image[0](x), 1
+        for layer in self.blocks:
+            if isinstance(layer, nn.Tanh):  # the last stage's output: the finest grid's term
+                x = x + _enlarge(image)
+            x = layer(x, labels) if isinstance(layer, ConditionalBatchNorm) else layer(x)
+            if isinstance(layer, nn.ReLU):  # the end of a stage: its grid's image joins the sum
+                image, drawn = _enlarge(image) + self.to_image[drawn](x), drawn + 1
+        return x
 
 
 class Discriminator(nn.Module):
@@ -243,6 +262,9 @@ class Discriminator(nn.Module):
     ``fc_width`` > 0: the start grid is flattened into a hidden fully connected layer of that
     width, then the logit (InfoGAN's MNIST discriminator). ``minibatch_std`` > 0: the start grid
     gains a ``MinibatchStd`` feature map over groups of that many images before the head.
+    ``skips``: StyleGAN2's input skips (Karras et al. 2020, fig. 7b): every stage after the
+    first also reads the image shrunk to its grid (box filter, then a 1x1 conv + LeakyReLU),
+    added to its features, so the coarse stages see the picture's layout and tone directly.
     """
 
     def __init__(
@@ -257,6 +279,7 @@ class Discriminator(nn.Module):
         fc_width: int = 0,
         minibatch_std: int = 0,
         start_grid: int | None = None,
+        skips: bool = False,
     ) -> None:
         super().__init__()
         start, stages = stage_layout(image_size, start_grid)
@@ -279,12 +302,22 @@ class Discriminator(nn.Module):
 
         layers: list[nn.Module] = []
         in_ch = channels
+        # Skips: the index in ``net`` of each stage's last layer after the first, where that
+        # stage's grid gets the image shrunk to it (a 1x1 conv reads it).
+        self._skip_after: list[int] = []
         for i, out_ch in enumerate(widths):
             layers += [
                 nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=False),
                 *activation(nn.BatchNorm2d(out_ch) if i else None),
             ]
             in_ch = out_ch
+            if skips and i > 0:
+                self._skip_after.append(len(layers) - 1)
+        self.from_image: nn.ModuleList | None = None
+        if skips:
+            self.from_image = nn.ModuleList(
+                nn.Sequential(nn.Conv2d(channels, c, 1), nn.LeakyReLU(0.2)) for c in widths[1:]
+            )
         if minibatch_std > 0:
             layers.append(MinibatchStd(minibatch_std))
             in_ch += 1
@@ -305,14 +338,25 @@ class Discriminator(nn.Module):
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """(N, C, S, S) in [-1, 1] and, for a conditional D, class labels (N,) -> (N,) logits."""
         _check_labels(labels, self.num_classes, "D")
-        if self.embed is None:
+        if self.embed is None and self.from_image is None:
             return self.net(x).flatten()
         *body, head = self.net
-        for layer in body:
+        image = x
+        for i, layer in enumerate(body):
             x = layer(x)
+            if self.from_image is not None and i in self._skip_after:
+                j = self._skip_after.index(i)  # from_image[j] feeds stage j + 1, on a grid 2**(j + 2) times smaller
+                x = x + self.from_image[j](F.avg_pool2d(image, 2 ** (j + 2)))
+        if self.embed is None:
+            return head(x).flatten()
         features = x.sum(dim=(2, 3)) if x.dim() == 4 else x
         projection = (self.embed(labels) * features).sum(dim=1)
         return head(x).flatten() + projection
+
+
+def _enlarge(image: Tensor) -> Tensor:
+    """2x bilinear enlargement of a skip generator's partial image."""
+    return F.interpolate(image, scale_factor=2, mode="bilinear", align_corners=False)
 
 
 def _spectral_norm(net: nn.Module) -> None:

@@ -58,6 +58,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "g_upsample": "transpose",
     "d_minibatch_std": 0,
     "start_grid": None,
+    "skips": False,
 }
 
 # Hyperparameters that change the shape of a saved tensor: a checkpoint only loads into a
@@ -75,6 +76,7 @@ SHAPE_KEYS: tuple[str, ...] = (
     "fc_width",
     "d_norm",
     "d_minibatch_std",
+    "skips",
     "g_spectral",
     "conditional",
     "num_classes",

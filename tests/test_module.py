@@ -23,6 +23,7 @@ TINY = {
     "fc_width": 0,
     "d_dropout": 0.0,
     "d_minibatch_std": 0,
+    "skips": False,
     "start_grid": None,
     "d_norm": "batch",
     "g_spectral": False,

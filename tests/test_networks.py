@@ -248,3 +248,42 @@ def test_unknown_upsampling_is_refused_with_the_choices() -> None:
     message = "model.g_upsample='cubic' is not known; choose one of transpose, resize, bilinear"
     with pytest.raises(UserInputError, match=message):
         Generator(28, 1, latent_dim=8, width=4, max_width=16, upsample="cubic")
+
+
+@pytest.mark.parametrize("image_size", SUPPORTED_IMAGE_SIZES)
+def test_skips_carry_the_start_grids_image_to_every_pixel(image_size: int) -> None:
+    """With skips, G's coarsest grid draws an image that reaches the whole output: a large
+    negative bias there turns every pixel black, whatever the later stages draw."""
+    g = Generator(image_size, 3, latent_dim=8, width=4, max_width=16, upsample="resize", skips=True)
+    assert g.to_image is not None and len(g.to_image) == stage_layout(image_size)[1]
+    with torch.no_grad():
+        g.to_image[0].bias.fill_(-20.0)
+        images = g.train()(torch.randn(4, 8))
+    assert images.shape == (4, 3, image_size, image_size)
+    assert images.max() < -0.999
+
+
+@pytest.mark.parametrize("image_size", SUPPORTED_IMAGE_SIZES)
+def test_skips_feed_each_later_stage_of_d_the_image_at_its_grid(image_size: int) -> None:
+    """With skips, D's stages after the first each read the image shrunk to their grid: the
+    logit follows a change of the coarsest stage's 1x1 conv."""
+    d = Discriminator(image_size, 1, width=4, max_width=16, norm="none", skips=True)
+    start, stages = stage_layout(image_size)
+    assert d.from_image is not None and len(d.from_image) == stages - 1
+    seen: list[int] = []
+    for reader in d.from_image:
+        reader.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[-1]))
+    x = torch.rand(2, 1, image_size, image_size) * 2 - 1
+    with torch.no_grad():
+        before = d(x)
+        d.from_image[-1][0].bias.fill_(5.0)
+        after = d(x)
+    assert seen[: stages - 1] == [image_size >> (k + 1) for k in range(1, stages)]
+    assert seen[stages - 2] == start
+    assert not torch.allclose(before, after)
+
+
+def test_without_skips_the_networks_keep_their_checkpoint_keys() -> None:
+    """skips=False adds no weights, so checkpoints from before the setting load as they are."""
+    for net in (Generator(64, 1, latent_dim=8, width=4, max_width=16), Discriminator(64, 1, width=4, max_width=16)):
+        assert not any("to_image" in k or "from_image" in k for k in net.state_dict())
